@@ -1,0 +1,50 @@
+"""The interface every bus implements.
+
+A broker owns where ids come from and how a published message reaches every process;
+it hands each message to the local hub with `hub.ingest`, which delivers it to this
+process's subscribers. Transports talk to the hub for reading and waiting, and to the
+broker only to publish and delete.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from tidings.hub import Hub, JSONValue, MessageId
+
+
+class BrokerUnavailable(RuntimeError):
+    """The bus cannot take a publish right now (the HTTP edge answers 503)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    id: MessageId
+    channel: str
+    subscribers: int
+
+
+class Broker(ABC):
+    name: str
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    async def start(self) -> None:
+        """Connect; called once before the server accepts connections."""
+
+    async def close(self) -> None:
+        """Disconnect; called once at shutdown."""
+
+    @property
+    def healthy(self) -> bool:
+        return True
+
+    @abstractmethod
+    async def publish(self, channel: str, data: JSONValue) -> Published: ...
+
+    @abstractmethod
+    async def delete(self, channel: str) -> int | None:
+        """Delete a channel everywhere; the number of local subscribers told, None if the
+        channel did not exist."""

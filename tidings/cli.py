@@ -1,0 +1,203 @@
+"""The `tidings` command: serve, publish, subscribe."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import http.client
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, cast
+from urllib.parse import quote, urlencode, urlsplit
+
+from tidings import __version__
+from tidings.config import Settings
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+_HELP = {
+    "host": "address to listen on",
+    "port": "port to listen on (also PORT)",
+    "broker": "message bus: memory",
+    "buffer_size": "messages kept per channel",
+    "buffer_ttl": "seconds a message stays buffered",
+    "max_message_bytes": "largest accepted message body",
+    "poll_timeout": "default long-poll hold in seconds",
+    "max_poll_timeout": "largest ?timeout= a long-poll may ask for",
+    "heartbeat": "seconds between SSE/stream heartbeats (0: none)",
+    "stream_buffer_bytes": "unsent bytes a stream may queue before it is dropped as slow",
+    "request_timeout": "seconds a request may take to arrive (slow-header limit)",
+    "keepalive_timeout": "seconds an idle keep-alive connection stays open",
+    "max_header_count": "most headers a request may have",
+    "max_header_bytes": "most bytes of headers a request may have",
+    "max_url_bytes": "longest request target",
+    "shutdown_grace": "seconds to let final answers drain at shutdown",
+    "log_level": "debug, info, warning or error",
+}
+
+
+def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per Settings field; each also read from TIDINGS_<NAME>."""
+    for f in dataclasses.fields(Settings):
+        env = "TIDINGS_" + f.name.upper()
+        default = os.environ.get(env)
+        if f.name == "port" and default is None:
+            default = os.environ.get("PORT")  # the PaaS convention
+        kind = cast(Callable[[str], Any], type(f.default))
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            type=kind,
+            default=kind(default) if default is not None else f.default,
+            metavar=f.name.upper(),
+            help=f"{_HELP.get(f.name, '')} (default {f.default}; env {env})",
+        )
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)})
+
+
+class Failure(Exception):
+    """A one-line error for the user; the command exits 1."""
+
+
+class Server:
+    """A keep-alive HTTP connection to a Tidings server."""
+
+    def __init__(self, url: str, timeout: float = 10.0) -> None:
+        parts = urlsplit(url if "://" in url else "http://" + url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise Failure(f"not an http:// URL: {url}")
+        self.url = f"http://{parts.netloc}"
+        self.base = parts.path.rstrip("/")
+        self.conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
+
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
+        try:
+            self.conn.request(method, self.base + path, body=body, headers=headers or {})
+            response = self.conn.getresponse()
+            raw = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            self.conn.close()
+            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            raise Failure(f"cannot reach {self.url}: {reason}") from None
+        try:
+            return response.status, json.loads(raw)
+        except ValueError:
+            return response.status, raw.decode("utf-8", "replace")
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _error_text(status: int, body: Any) -> str:
+    if isinstance(body, dict) and "error" in body:
+        return f"{status} {body['error']}: {body.get('detail')}"
+    return f"{status}: {body}"
+
+
+def publish_one(server: Server, channel: str, message: str, as_json: bool) -> dict[str, Any]:
+    content_type = "application/json" if as_json else "text/plain; charset=utf-8"
+    status, body = server.request(
+        "POST", "/pub/" + quote(channel, safe=""), message.encode(), {"Content-Type": content_type}
+    )
+    if status not in (201, 202):
+        raise Failure(_error_text(status, body))
+    assert isinstance(body, dict)
+    return body
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    server = Server(args.url)
+    if args.message is not None:
+        print(json.dumps(publish_one(server, args.channel, args.message, args.json)))
+        return 0
+    interactive = sys.stdin.isatty()
+    while True:
+        try:
+            line = input("> " if interactive else "")
+        except EOFError:
+            return 0
+        if interactive and line.strip() == "quit":
+            return 0
+        result = publish_one(server, args.channel, line, args.json)
+        if interactive:
+            print(f"published {result['id']} to {result['subscribers']} subscriber(s)")
+
+
+def cmd_subscribe(args: argparse.Namespace) -> int:
+    """Long-poll forever, one JSON line per message, keeping the cursor across reconnects."""
+    server = Server(args.url, timeout=args.timeout + 15)
+    cursor: str | None = args.last_id
+    backoff = 1.0
+    path = "/sub/" + quote(args.channels, safe=",")
+    while True:
+        query = {"timeout": str(args.timeout)}
+        if cursor is not None:
+            query["last_id"] = cursor
+        try:
+            status, body = server.request("GET", f"{path}?{urlencode(query)}")
+        except Failure as exc:
+            print(f"tidings: {exc}; retrying in {backoff:g}s", file=sys.stderr, flush=True)
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
+            continue
+        if status == 410:
+            print(f"tidings: channel deleted: {body.get('detail')}", file=sys.stderr)
+            return 0
+        if status != 200:
+            raise Failure(_error_text(status, body))
+        backoff = 1.0
+        if body.get("gap"):
+            print("tidings: gap: some messages after the cursor are no longer buffered", file=sys.stderr, flush=True)
+        for message in body["messages"]:
+            print(json.dumps(message, ensure_ascii=False), flush=True)
+        cursor = body["last_id"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tidings", description="Real-time publish/subscribe push server.")
+    parser.add_argument("--version", action="version", version=f"tidings {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the server")
+    _add_serve_flags(serve)
+
+    url_help = f"server URL (default {DEFAULT_URL}; env TIDINGS_URL)"
+    url_default = os.environ.get("TIDINGS_URL", DEFAULT_URL)
+    publish = commands.add_parser("publish", help="publish a message, or each line typed or piped")
+    publish.add_argument("channel")
+    publish.add_argument("message", nargs="?", help="without it: read lines (a typed 'quit' ends)")
+    publish.add_argument("--url", default=url_default, help=url_help)
+    publish.add_argument("--json", action="store_true", help="send the message as JSON, not text")
+
+    subscribe = commands.add_parser("subscribe", help="print each message as a JSON line")
+    subscribe.add_argument("channels", help="one channel or several, comma-separated")
+    subscribe.add_argument("--url", default=url_default, help=url_help)
+    subscribe.add_argument("--last-id", help="resume after this cursor ('oldest': the whole buffer)")
+    subscribe.add_argument("--timeout", type=float, default=30.0, help="long-poll hold in seconds")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            from tidings.server import run
+
+            run(_settings(args))
+            return 0
+        if args.command == "publish":
+            return cmd_publish(args)
+        return cmd_subscribe(args)
+    except Failure as exc:
+        print(f"tidings: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,26 @@
+"""Server settings: one dataclass, filled from command-line flags and TIDINGS_* variables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    broker: str = "memory"
+    buffer_size: int = 100  # messages kept per channel
+    buffer_ttl: float = 3600.0  # seconds a message stays in the buffer
+    max_message_bytes: int = 65536
+    poll_timeout: float = 30.0  # default long-poll hold, seconds
+    max_poll_timeout: float = 120.0
+    heartbeat: float = 15.0  # seconds between SSE/stream keep-alive comments
+    stream_buffer_bytes: int = 1 << 20  # unsent bytes a stream may queue before it is dropped
+    request_timeout: float = 10.0
+    keepalive_timeout: float = 75.0
+    max_header_count: int = 100
+    max_header_bytes: int = 16384
+    max_url_bytes: int = 8192
+    shutdown_grace: float = 3.0  # seconds to let answers drain at shutdown
+    log_level: str = "info"

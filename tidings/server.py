@@ -1,0 +1,77 @@
+"""Runs the server: binds, serves until SIGTERM/SIGINT, then shuts down gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+import signal
+from collections.abc import Callable
+
+from tidings.brokers import create_broker
+from tidings.config import Settings
+from tidings.hub import Hub, wall_clock_ms
+from tidings.web.app import App
+from tidings.web.http import connection_factory
+
+log = logging.getLogger("tidings")
+
+
+def raise_fd_limit() -> None:
+    """Every held subscriber is a socket: allow as many as the hard limit does."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def serve(settings: Settings, on_ready: Callable[[str, int], None] | None = None) -> None:
+    loop = asyncio.get_running_loop()
+    hub = Hub(buffer_size=settings.buffer_size, buffer_ttl=settings.buffer_ttl, now_ms=wall_clock_ms())
+    broker = create_broker(settings.broker, hub)
+    await broker.start()
+    app = App(settings, hub, broker, loop)
+    server = await loop.create_server(
+        connection_factory(app, app.limits, loop), settings.host, settings.port, backlog=4096
+    )
+    host, port = server.sockets[0].getsockname()[:2]
+    app.start()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    log.info("Tidings listening on http://%s:%d/ (broker: %s)", host, port, broker.name)
+    if on_ready is not None:
+        on_ready(host, port)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down: answering held requests, ending streams")
+        server.close()
+        app.stop()
+        await _drain(app, loop, settings.shutdown_grace)
+        await broker.close()
+        log.info("stopped")
+
+
+async def _drain(app: App, loop: asyncio.AbstractEventLoop, grace: float) -> None:
+    """Let the final answers reach their clients, then drop whatever is left."""
+    deadline = loop.time() + grace
+    while app.connections and loop.time() < deadline:
+        await asyncio.sleep(0.02)
+    for conn in list(app.connections):
+        conn.abort()
+    if app.tasks:
+        await asyncio.wait(app.tasks, timeout=max(0.0, deadline - loop.time()))
+
+
+def run(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    raise_fd_limit()
+    try:
+        import uvloop
+    except ImportError:  # uvloop does not build everywhere; plain asyncio works the same
+        asyncio.run(serve(settings))
+    else:
+        uvloop.run(serve(settings))

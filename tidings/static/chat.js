@@ -1,0 +1,62 @@
+/* The chat page: history on load, then live messages; every value is inserted as text. */
+(function () {
+  "use strict";
+  var params = new URLSearchParams(location.search);
+  var channel = params.get("channel") || "chat";
+  var transport = params.get("transport") === "sse" ? "sse" : "longpoll";
+  var form = document.getElementById("chatform");
+  var nick = document.getElementById("nick");
+  var message = document.getElementById("message");
+  var pane = document.getElementById("conversation");
+  var statusEl = document.getElementById("status");
+  var seen = new Set();
+
+  document.getElementById("channel-name").textContent = "#" + channel;
+  nick.value = localStorage.getItem("tidings-nick") || "";
+
+  function line(cls, parts) {
+    var div = document.createElement("div");
+    div.className = cls;
+    parts.forEach(function (part) {
+      var span = document.createElement(part[0]);
+      if (part[1]) span.className = part[1];
+      span.textContent = part[2];
+      div.appendChild(span);
+    });
+    var atBottom = pane.scrollHeight - pane.scrollTop - pane.clientHeight < 40;
+    pane.appendChild(div);
+    if (atBottom) pane.scrollTop = pane.scrollHeight;
+    return div;
+  }
+
+  function show(msg) {
+    if (seen.has(msg.id)) return;
+    seen.add(msg.id);
+    var data = msg.data;
+    var who = data && typeof data === "object" ? String(data.nick || "anonymous") : "anonymous";
+    var text = data && typeof data === "object" ? String(data.message != null ? data.message : JSON.stringify(data)) : String(data);
+    var when = new Date(msg.time).toLocaleTimeString();
+    line("msg", [["time", "when", when], ["b", "nick", who], ["span", "text", text]]).dataset.id = msg.id;
+  }
+
+  Tidings.subscribe("", channel, show, {
+    transport: transport,
+    lastId: "oldest",
+    onGap: function () { line("notice", [["span", "", "Some messages were missed while disconnected."]]); },
+    onStatus: function (state, detail) {
+      statusEl.dataset.state = state;
+      statusEl.textContent = state === "reconnecting" ? "reconnecting in " + Math.round(detail.in / 1000) + " s" : state;
+    },
+    onClose: function () { line("notice", [["span", "", "This channel was closed."]]); },
+  });
+
+  form.addEventListener("submit", function (event) {
+    event.preventDefault();
+    var text = message.value;
+    if (!text.trim() || !nick.value.trim()) return;
+    localStorage.setItem("tidings-nick", nick.value);
+    Tidings.publish("", channel, { nick: nick.value, message: text })
+      .then(function () { message.value = ""; message.focus(); })
+      .catch(function (err) { line("notice", [["span", "", "Not sent: " + err.message]]); });
+  });
+})();

@@ -1,0 +1,133 @@
+/* Tidings browser client: long-poll or Server-Sent Events with cursor resume.
+ *
+ *   const sub = Tidings.subscribe("", "chat", (msg) => ..., {transport: "sse", onGap, onStatus});
+ *   sub.close();
+ *   await Tidings.publish("", "chat", {nick: "ann", message: "hi"});
+ *
+ * `url` is the server's base URL ("" for the page's own origin). Every message is
+ * {id, channel, data, time}. The client keeps its cursor and, after an error, reconnects
+ * with growing back-off (1 s, 2 s, ... 30 s), resuming exactly where it left off.
+ */
+(function (global) {
+  "use strict";
+
+  var MAX_BACKOFF_MS = 30000;
+
+  function channelList(channels) {
+    return Array.isArray(channels) ? channels.join(",") : String(channels);
+  }
+
+  function subscribe(url, channels, onMessage, options) {
+    options = options || {};
+    var transport = options.transport || "longpoll";
+    var path = channelList(channels);
+    var cursor = options.lastId || null;
+    var backoff = 1000;
+    var closed = false;
+    var retryTimer = null;
+    var abort = null;     // AbortController of the poll in flight
+    var source = null;    // EventSource when streaming
+    var status = null;
+
+    function setStatus(next, detail) {
+      if (next === status) return;
+      status = next;
+      if (options.onStatus) options.onStatus(next, detail);
+    }
+
+    function retryLater(reason) {
+      if (closed) return;
+      setStatus("reconnecting", { in: backoff, reason: reason });
+      retryTimer = setTimeout(connect, backoff);
+      backoff = Math.min(backoff * 2, MAX_BACKOFF_MS);
+    }
+
+    function gap(channelsMissed) {
+      if (options.onGap) options.onGap(channelsMissed);
+    }
+
+    function ended(detail) {
+      closed = true;
+      setStatus("closed", detail);
+      if (options.onClose) options.onClose(detail);
+    }
+
+    function poll() {
+      var query = "timeout=" + (options.timeout || 30);
+      if (cursor) query += "&last_id=" + encodeURIComponent(cursor);
+      abort = new AbortController();
+      fetch(url + "/sub/" + path + "?" + query, { signal: abort.signal, cache: "no-store" })
+        .then(function (response) {
+          if (response.status === 410) {
+            return response.json().then(function (body) { ended(body.detail); });
+          }
+          if (!response.ok) throw new Error("HTTP " + response.status);
+          return response.json().then(function (body) {
+            setStatus("connected");
+            backoff = 1000;
+            if (body.gap) gap(null);
+            body.messages.forEach(function (m) { onMessage(m); });
+            cursor = body.last_id;
+            if (!closed) poll();
+          });
+        })
+        .catch(function (err) {
+          if (!closed) retryLater(String(err));
+        });
+    }
+
+    function stream() {
+      var query = cursor ? "?last_event_id=" + encodeURIComponent(cursor) : "";
+      source = new EventSource(url + "/sse/" + path + query);
+      source.onopen = function () { setStatus("connected"); backoff = 1000; };
+      source.onmessage = function (event) {
+        cursor = event.lastEventId || cursor;
+        onMessage(JSON.parse(event.data));
+      };
+      source.addEventListener("gap", function (event) { gap(JSON.parse(event.data).channels); });
+      source.addEventListener("closed", function (event) {
+        source.close();
+        ended(JSON.parse(event.data));
+      });
+      source.onerror = function () {
+        // Take reconnection over from the browser: our back-off, our cursor.
+        source.close();
+        retryLater("stream interrupted");
+      };
+    }
+
+    function connect() {
+      retryTimer = null;
+      if (closed) return;
+      setStatus("connecting");
+      if (transport === "sse") stream(); else poll();
+    }
+
+    connect();
+    return {
+      close: function () {
+        closed = true;
+        if (retryTimer) clearTimeout(retryTimer);
+        if (abort) abort.abort();
+        if (source) source.close();
+        setStatus("closed");
+      },
+      get cursor() { return cursor; },
+    };
+  }
+
+  function publish(url, channel, data) {
+    return fetch(url + "/pub/" + encodeURIComponent(channel), {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(data),
+    }).then(function (response) {
+      return response.json().then(function (body) {
+        if (!response.ok) throw new Error(body.error + ": " + body.detail);
+        return body;
+      });
+    });
+  }
+
+  global.Tidings = { subscribe: subscribe, publish: publish };
+})(typeof window !== "undefined" ? window : globalThis);

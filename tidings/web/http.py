@@ -1,0 +1,428 @@
+"""The HTTP/1.1 edge: one asyncio Protocol per connection, parsing with httptools.
+
+It owns what a framework would: keep-alive, pipelining (requests queued while one is
+held), limits on the request line, headers and body, and the slow-header and idle
+timeouts. A request is handed to the application, which answers at once, holds the
+connection (`hold`) or starts a stream; holding costs an attribute, not a task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Protocol, cast
+from urllib.parse import parse_qsl, unquote
+
+import httptools
+
+log = logging.getLogger("tidings.http")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_url_bytes: int = 8192
+    max_header_count: int = 100
+    max_header_bytes: int = 16384
+    max_body_bytes: int = 65536
+    request_timeout: float = 10.0  # from a request's first byte until it is complete
+    keepalive_timeout: float = 75.0  # idle between requests
+    max_pipelined: int = 16
+
+
+class Request:
+    __slots__ = ("body", "headers", "http11", "keep_alive", "method", "path", "query_string", "raw_path")
+
+    def __init__(
+        self,
+        method: str,
+        raw_path: str,
+        query_string: str,
+        headers: dict[str, str],
+        body: bytes,
+        keep_alive: bool,
+        http11: bool,
+    ) -> None:
+        self.method = method
+        self.raw_path = raw_path
+        self.path = unquote(raw_path, errors="strict")
+        self.query_string = query_string
+        self.headers = headers
+        self.body = body
+        self.keep_alive = keep_alive
+        self.http11 = http11
+
+    def query(self) -> dict[str, str]:
+        return dict(parse_qsl(self.query_string, errors="strict"))
+
+
+class HttpError(Exception):
+    """Answer with a JSON error and, when `close`, drop the connection afterwards."""
+
+    def __init__(self, status: int, error: str, detail: str, close: bool = False) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.error = error
+        self.detail = detail
+        self.close = close
+
+
+class Held(Protocol):
+    """What keeps a connection busy past its request (a long-poll, a stream)."""
+
+    def release(self) -> None:
+        """The connection is gone: forget it."""
+
+    def shutdown(self) -> None:
+        """The server is stopping: answer or end now."""
+
+
+class Application(Protocol):
+    def handle(self, request: Request, conn: HttpConnection) -> None: ...
+
+    def connection_opened(self, conn: HttpConnection) -> None: ...
+
+    def connection_closed(self, conn: HttpConnection) -> None: ...
+
+
+_REASONS = {s.value: s.phrase for s in HTTPStatus}
+_STATUS_LINES: dict[int, bytes] = {}
+
+
+def status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        line = _STATUS_LINES[status] = f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n".encode()
+    return line
+
+
+JSON_TYPE = b"application/json"
+
+
+def response_bytes(
+    status: int,
+    body: bytes,
+    content_type: bytes = JSON_TYPE,
+    keep_alive: bool = True,
+    extra_headers: bytes = b"",
+) -> bytes:
+    return b"%sContent-Type: %s\r\nContent-Length: %d\r\nCache-Control: no-store\r\n%s%s\r\n%s" % (
+        status_line(status),
+        content_type,
+        len(body),
+        extra_headers,
+        b"" if keep_alive else b"Connection: close\r\n",
+        body,
+    )
+
+
+def error_body(error: str, detail: object) -> bytes:
+    return json.dumps({"error": error, "detail": detail}).encode()
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+_LAST_CHUNK = b"0\r\n\r\n"
+_IDLE, _READING, _BUSY, _STREAMING, _CLOSING = range(5)
+
+
+class HttpConnection(asyncio.Protocol):
+    __slots__ = (
+        "_body",
+        "_body_size",
+        "_header_bytes",
+        "_headers",
+        "_url",
+        "app",
+        "held",
+        "limits",
+        "loop",
+        "parser",
+        "pipeline",
+        "request",
+        "state",
+        "stopping",
+        "timer",
+        "transport",
+    )
+
+    def __init__(self, app: Application, limits: Limits, loop: asyncio.AbstractEventLoop) -> None:
+        self.app = app
+        self.limits = limits
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.state = _IDLE
+        self.timer: asyncio.TimerHandle | None = None
+        self.held: Held | None = None
+        self.request: Request | None = None  # the one being answered
+        self.pipeline: deque[Request] = deque()
+        self.stopping = False
+        self._url = b""
+        self._headers: dict[str, str] = {}
+        self._header_bytes = 0
+        self._body: list[bytes] = []
+        self._body_size = 0
+
+    # -- asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        self._set_timer(self.limits.keepalive_timeout)
+        self.app.connection_opened(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.state == _CLOSING:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, HttpError):
+                self._fail(cause)
+            else:
+                log.exception("error while parsing a request", exc_info=cause)
+                self._fail(HttpError(500, "internal_error", "the server failed to read the request", True))
+        except httptools.HttpParserUpgrade:
+            self._fail(HttpError(400, "upgrade_not_supported", "protocol upgrades are not supported here", True))
+        except httptools.HttpParserError as exc:
+            self._fail(HttpError(400, "bad_request", f"malformed HTTP request: {exc}", True))
+
+    def eof_received(self) -> bool:
+        # The client went away (or half-closed): release whatever it held right now.
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state = _CLOSING
+        self._cancel_timer()
+        held, self.held = self.held, None
+        if held is not None:
+            held.release()
+        self.pipeline.clear()
+        self.transport = None
+        self.app.connection_closed(self)
+
+    # -- httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = {}
+        self._header_bytes = 0
+        self._body = []
+        self._body_size = 0
+        if self.state == _IDLE:
+            self.state = _READING
+            self._set_timer(self.limits.request_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self.limits.max_url_bytes:
+            raise HttpError(414, "uri_too_long", f"request target over {self.limits.max_url_bytes} bytes", True)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value) + 4
+        if len(self._headers) >= self.limits.max_header_count or self._header_bytes > self.limits.max_header_bytes:
+            raise HttpError(
+                431,
+                "headers_too_large",
+                f"at most {self.limits.max_header_count} headers and {self.limits.max_header_bytes} bytes of them",
+                True,
+            )
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        previous = self._headers.get(key)
+        self._headers[key] = text if previous is None else f"{previous}, {text}"
+
+    def on_headers_complete(self) -> None:
+        length = self._headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.limits.max_body_bytes:
+            raise self._body_too_large()
+
+    def on_body(self, body: bytes) -> None:
+        self._body_size += len(body)
+        if self._body_size > self.limits.max_body_bytes:
+            raise self._body_too_large()
+        self._body.append(body)
+
+    def _body_too_large(self) -> HttpError:
+        return HttpError(
+            413, "body_too_large", f"request bodies are limited to {self.limits.max_body_bytes} bytes", True
+        )
+
+    def on_message_complete(self) -> None:
+        parsed = httptools.parse_url(self._url)
+        try:
+            request = Request(
+                self.parser.get_method().decode("ascii", "replace"),
+                parsed.path.decode("utf-8"),
+                parsed.query.decode("utf-8") if parsed.query else "",
+                self._headers,
+                b"".join(self._body),
+                self.parser.should_keep_alive(),
+                self.parser.get_http_version() == "1.1",
+            )
+        except (UnicodeDecodeError, ValueError):
+            raise HttpError(400, "bad_request", "the request target is not valid UTF-8", True) from None
+        self._body = []
+        if self.state in (_IDLE, _READING):
+            self._dispatch(request)
+        elif self.state == _BUSY or self.state == _STREAMING:
+            if len(self.pipeline) >= self.limits.max_pipelined:
+                raise HttpError(429, "too_many_pipelined", "too many pipelined requests", True)
+            self.pipeline.append(request)
+
+    # -- answering
+
+    def _dispatch(self, request: Request) -> None:
+        self._cancel_timer()
+        self.state = _BUSY
+        self.request = request
+        try:
+            self.app.handle(request, self)
+        except HttpError as exc:
+            self.respond_error(exc)
+        except Exception:
+            log.exception("error while handling %s %s", request.method, request.raw_path)
+            self.respond_error(HttpError(500, "internal_error", "the server failed to handle the request"))
+
+    @property
+    def keep_alive(self) -> bool:
+        request = self.request
+        return request is not None and request.keep_alive and not self.stopping
+
+    def respond(self, status: int, body: bytes, content_type: bytes = JSON_TYPE, extra_headers: bytes = b"") -> None:
+        """Answer the current request and move on to the next."""
+        if self.state != _BUSY or self.transport is None:
+            return
+        keep_alive = self.keep_alive
+        if self.request is not None and self.request.method == "HEAD":
+            data = response_bytes(status, body, content_type, keep_alive, extra_headers)
+            data = data[: len(data) - len(body)]
+        else:
+            data = response_bytes(status, body, content_type, keep_alive, extra_headers)
+        self.transport.write(data)
+        self._finish(keep_alive)
+
+    def respond_raw(self, data: bytes, keep_alive: bool) -> None:
+        """Answer with a complete response built by the caller (shared bytes on fan-out)."""
+        if self.state != _BUSY or self.transport is None:
+            return
+        self.transport.write(data)
+        self._finish(keep_alive)
+
+    def respond_error(self, error: HttpError) -> None:
+        if error.close:
+            self.stopping = True
+        self.respond(error.status, error_body(error.error, error.detail))
+
+    def hold(self, held: Held) -> None:
+        self.held = held
+
+    def _finish(self, keep_alive: bool) -> None:
+        self.held = None
+        self.request = None
+        if not keep_alive:
+            self.close()
+            return
+        self.state = _IDLE
+        if self.pipeline:
+            self._dispatch(self.pipeline.popleft())
+        else:
+            self._set_timer(self.limits.keepalive_timeout)
+
+    def _fail(self, error: HttpError) -> None:
+        """A request could not be read: answer it if nothing else is in flight, then close."""
+        if self.state in (_IDLE, _READING):
+            self.state = _BUSY
+            self.stopping = True
+            self.respond_error(error)
+        self.close()
+
+    # -- streams
+
+    def start_stream(self, content_type: bytes, extra_headers: bytes = b"", preamble: bytes = b"") -> None:
+        if self.state != _BUSY or self.transport is None or self.request is None:
+            return
+        self.state = _STREAMING
+        framing = b"Transfer-Encoding: chunked\r\n" if self.request.http11 else b"Connection: close\r\n"
+        head = b"%sContent-Type: %s\r\nCache-Control: no-store\r\nX-Accel-Buffering: no\r\n%s%s\r\n" % (
+            status_line(200),
+            content_type,
+            extra_headers,
+            framing,
+        )
+        self.transport.write(head + self._frame(preamble) if preamble else head)
+
+    def _frame(self, data: bytes) -> bytes:
+        assert self.request is not None
+        return chunk(data) if self.request.http11 else data
+
+    def write_stream(self, data: bytes) -> None:
+        if self.state == _STREAMING and self.transport is not None and data:
+            self.transport.write(self._frame(data))
+
+    def end_stream(self, final: bytes = b"") -> None:
+        """Finish a stream; the connection closes, since a client that sent more requests
+        behind a stream cannot expect them to be answered in order anyway."""
+        if self.state != _STREAMING or self.transport is None or self.request is None:
+            return
+        if self.request.http11:
+            self.transport.write((chunk(final) if final else b"") + _LAST_CHUNK)
+        elif final:
+            self.transport.write(final)
+        self.state = _BUSY
+        self._finish(False)
+
+    def write_buffer_size(self) -> int:
+        return self.transport.get_write_buffer_size() if self.transport is not None else 0
+
+    # -- lifecycle
+
+    def close(self) -> None:
+        self.state = _CLOSING
+        self._cancel_timer()
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def shutdown(self) -> None:
+        """The server stops: answer a held request, end a stream, close an idle connection."""
+        self.stopping = True
+        if self.held is not None:
+            self.held.shutdown()
+        elif self.state in (_IDLE, _READING):
+            self.close()
+        # _BUSY without `held` (a publish in flight) closes after its answer.
+
+    def _set_timer(self, delay: float) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = self.loop.call_later(delay, self._timed_out)
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _timed_out(self) -> None:
+        self.timer = None
+        if self.state == _READING:
+            self._fail(HttpError(408, "request_timeout", "the request did not arrive in time", True))
+        elif self.state == _IDLE:
+            self.close()
+
+
+def connection_factory(
+    app: Application, limits: Limits, loop: asyncio.AbstractEventLoop
+) -> Callable[[], HttpConnection]:
+    return lambda: HttpConnection(app, limits, loop)

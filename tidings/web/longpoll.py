@@ -1,0 +1,96 @@
+"""GET /sub/{channels}: long-poll. Answers at once when messages newer than the cursor are
+buffered; otherwise the connection waits as a `LongPoll` in the hub until a message, the
+timeout, the channel's deletion or the client's departure."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from tidings.hub import Batch, Message, MessageId, cursor_token, wall_clock_ms
+from tidings.web import params
+from tidings.web.http import HttpConnection, Request, error_body, response_bytes
+
+if TYPE_CHECKING:
+    from tidings.web.app import App
+
+
+def batch_body(channels: list[str], batch: Batch) -> bytes:
+    return b'{"messages":[%s],"last_id":"%s","gap":%s}' % (
+        b",".join(m.json for m in batch.messages),
+        cursor_token(channels, batch.positions).encode(),
+        b"true" if batch.gaps else b"false",
+    )
+
+
+def _one_message_body(message: Message) -> bytes:
+    return b'{"messages":[%s],"last_id":"%s","gap":false}' % (message.json, str(message.id).encode())
+
+
+def _one_message_response(message: Message) -> bytes:
+    # The same bytes for every single-channel keep-alive waiter woken by this message.
+    return response_bytes(200, _one_message_body(message))
+
+
+class LongPoll:
+    __slots__ = ("app", "channels", "conn", "positions", "timer")
+
+    def __init__(
+        self, app: App, conn: HttpConnection, channels: list[str], positions: dict[str, MessageId], timeout: float
+    ) -> None:
+        self.app = app
+        self.conn = conn
+        self.channels = channels
+        self.positions = positions
+        self.timer: asyncio.TimerHandle | None = app.loop.call_later(timeout, self._timed_out)
+
+    def _leave(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.app.hub.unwait(self.channels, self)
+
+    def wake(self, message: Message) -> None:
+        self._leave()
+        conn = self.conn
+        if len(self.channels) == 1 and conn.keep_alive:
+            conn.respond_raw(message.frame("longpoll", _one_message_response), True)
+            return
+        self.positions[message.channel] = message.id
+        body = b'{"messages":[%s],"last_id":"%s","gap":false}' % (
+            message.json,
+            cursor_token(self.channels, self.positions).encode(),
+        )
+        conn.respond(200, body)
+
+    def channel_closed(self, channel: str) -> None:
+        self._leave()
+        self.conn.respond(410, error_body("channel_deleted", {"channel": channel}))
+
+    def _answer_empty(self) -> None:
+        self._leave()
+        body = b'{"messages":[],"last_id":"%s","gap":false}' % cursor_token(self.channels, self.positions).encode()
+        self.conn.respond(200, body)
+
+    def _timed_out(self) -> None:
+        self.timer = None
+        self._answer_empty()
+
+    def shutdown(self) -> None:
+        self._answer_empty()
+
+    def release(self) -> None:
+        self._leave()
+
+
+def subscribe(app: App, request: Request, conn: HttpConnection, channels: list[str]) -> None:
+    query = params.query(request)
+    cursor = params.cursor(query, "last_id")
+    timeout = params.seconds(query, "timeout", app.settings.poll_timeout, app.settings.max_poll_timeout)
+    batch = app.hub.read(channels, cursor, wall_clock_ms())
+    if batch.messages or batch.gaps or timeout == 0 or conn.stopping:
+        conn.respond(200, batch_body(channels, batch))
+        return
+    waiter = LongPoll(app, conn, channels, batch.positions, timeout)
+    app.hub.wait(channels, waiter)
+    conn.hold(waiter)

@@ -1,0 +1,38 @@
+"""Query parameters shared by the subscribe transports."""
+
+from __future__ import annotations
+
+from tidings.hub import Cursor
+from tidings.web.http import HttpError, Request
+
+
+def query(request: Request) -> dict[str, str]:
+    try:
+        return request.query()
+    except (UnicodeDecodeError, ValueError):
+        raise HttpError(400, "bad_request", "the query string is not valid UTF-8") from None
+
+
+def cursor(params: dict[str, str], *names: str, header: str | None = None, request: Request | None = None) -> Cursor:
+    """The cursor from the first of the named parameters present (or the header)."""
+    token: str | None = None
+    if header is not None and request is not None:
+        token = request.headers.get(header)
+    for name in names:
+        if name in params:
+            token = params[name]
+            break
+    return Cursor.parse(token)
+
+
+def seconds(params: dict[str, str], name: str, default: float, maximum: float) -> float:
+    text = params.get(name)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise HttpError(400, "invalid_parameter", f"{name} must be a number of seconds") from None
+    if not 0 <= value <= maximum:
+        raise HttpError(400, "invalid_parameter", f"{name} must be between 0 and {maximum:g} seconds")
+    return value

@@ -1,0 +1,96 @@
+"""GET /stream/{channels}: one long chunked response. NDJSON by default (one message per
+line, control lines carry an "event" key, blank lines are keep-alives); with ?format=html or
+a browser's Accept: text/html, a growing HTML page with one escaped <div> per message."""
+
+from __future__ import annotations
+
+import html
+import json
+from typing import TYPE_CHECKING
+
+from tidings.hub import Message, wall_clock_ms
+from tidings.web import params
+from tidings.web.http import HttpConnection, HttpError, Request
+from tidings.web.streaming import Stream, StreamFormat, event_json
+
+if TYPE_CHECKING:
+    from tidings.web.app import App
+
+
+class NDJSONFormat:
+    key = "ndjson"
+    content_type = b"application/x-ndjson"
+    heartbeat = b"\n"
+    cursor_in_frames = False
+
+    def preamble(self) -> bytes:
+        return b""
+
+    def message(self, message: Message) -> bytes:
+        return message.json + b"\n"
+
+    def message_with_cursor(self, message: Message, token: str) -> bytes:
+        return self.message(message)
+
+    def event(self, name: str, payload: dict[str, object]) -> bytes:
+        return event_json(name, payload) + b"\n"
+
+
+# Browsers start rendering a streamed page only after the first kilobyte or so.
+_HTML_PADDING = b"<!--" + b" " * 1024 + b"-->\n"
+_HTML_HEAD = (
+    b'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>Tidings stream</title>'
+    b"<style>body{font:14px/1.4 system-ui,sans-serif;margin:1em}.m{margin:.2em 0}"
+    b".c,.t{color:#777}.e{color:#a33}</style></head><body>\n"
+)
+
+
+def _html_text(value: object) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+class HTMLFormat:
+    key = "html"
+    content_type = b"text/html; charset=utf-8"
+    heartbeat = b"<!-- -->\n"
+    cursor_in_frames = False
+
+    def preamble(self) -> bytes:
+        return _HTML_HEAD + _HTML_PADDING
+
+    def message(self, message: Message) -> bytes:
+        data = message.data
+        if isinstance(data, dict) and "message" in data:
+            nick = html.escape(_html_text(data.get("nick", "anonymous")))
+            body = f"<b>{nick}</b>: {html.escape(_html_text(data['message']))}"
+        else:
+            body = html.escape(_html_text(data))
+        return (
+            f'<div class="m" data-id="{message.id}"><span class="c">[{message.channel}]</span> {body}</div>\n'
+        ).encode()
+
+    def message_with_cursor(self, message: Message, token: str) -> bytes:
+        return self.message(message)
+
+    def event(self, name: str, payload: dict[str, object]) -> bytes:
+        text = html.escape(json.dumps(payload, ensure_ascii=False))
+        return f'<div class="e" data-event="{name}">{name}: {text}</div>\n'.encode()
+
+
+NDJSON = NDJSONFormat()
+HTML = HTMLFormat()
+
+
+def subscribe(app: App, request: Request, conn: HttpConnection, channels: list[str]) -> None:
+    query = params.query(request)
+    fmt: StreamFormat
+    wanted = query.get("format")
+    if wanted == "html" or (wanted is None and "text/html" in request.headers.get("accept", "")):
+        fmt = HTML
+    elif wanted in (None, "ndjson", "json"):
+        fmt = NDJSON
+    else:
+        raise HttpError(400, "invalid_parameter", "format must be ndjson or html")
+    cursor = params.cursor(query, "last_id")
+    batch = app.hub.read(channels, cursor, wall_clock_ms(), limit=None)
+    Stream(app, conn, channels, fmt).begin(cursor, batch)

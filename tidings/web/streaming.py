@@ -1,0 +1,171 @@
+"""What SSE and /stream share: a subscriber that stays, whose messages are merged into one
+write per loop turn, with a cap on unsent bytes and a periodic heartbeat.
+
+Each transport supplies a `StreamFormat` (how a message, a gap, a closed channel and a
+heartbeat look on the wire); a message's framing is built once and shared by every
+stream of that format."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+from tidings.hub import ZERO_ID, Batch, Cursor, Message, MessageId, cursor_token
+
+if TYPE_CHECKING:
+    from tidings.web.app import App
+    from tidings.web.http import HttpConnection
+
+SLOW_CLOSE_GRACE = 5.0  # seconds a dropped slow stream gets to take its last bytes
+
+
+class StreamFormat(Protocol):
+    key: str  # names this format's cached framing on a Message
+    content_type: bytes
+    heartbeat: bytes
+    cursor_in_frames: bool  # whether each message frame carries the resume cursor
+
+    def preamble(self) -> bytes: ...
+
+    def message(self, message: Message) -> bytes: ...
+
+    def message_with_cursor(self, message: Message, token: str) -> bytes: ...
+
+    def event(self, name: str, payload: dict[str, object]) -> bytes: ...
+
+
+def event_json(name: str, payload: dict[str, object]) -> bytes:
+    return json.dumps({"event": name, **payload}, separators=(",", ":")).encode()
+
+
+class Stream:
+    """A stream subscriber held on one connection."""
+
+    __slots__ = ("app", "build", "channels", "conn", "fmt", "pending", "pending_bytes", "positions", "registry")
+
+    def __init__(self, app: App, conn: HttpConnection, channels: list[str], fmt: StreamFormat) -> None:
+        self.registry = app.streams
+        self.app = app
+        self.conn = conn
+        self.channels = channels
+        self.fmt = fmt
+        self.positions: dict[str, MessageId] = {}
+        self.pending: list[bytes] = []
+        self.pending_bytes = 0
+        # Multi-channel cursors differ per stream; a single channel's frames are shared.
+        self.build: Callable[[Message], bytes] = (
+            self._frame_with_cursor if fmt.cursor_in_frames and len(channels) > 1 else self._shared_frame
+        )
+
+    def _shared_frame(self, message: Message) -> bytes:
+        return message.frame(self.fmt.key, self.fmt.message)
+
+    def _frame_with_cursor(self, message: Message) -> bytes:
+        self.positions[message.channel] = message.id
+        return self.fmt.message_with_cursor(message, cursor_token(self.channels, self.positions))
+
+    def begin(self, cursor: Cursor, batch: Batch) -> None:
+        """Send the headers, any gap and the backlog after the cursor, then join the hub."""
+        fmt = self.fmt
+        parts = [fmt.preamble()]
+        if batch.gaps:
+            parts.append(fmt.event("gap", {"channels": batch.gaps}))
+        self.positions = dict(batch.positions)
+        for message in batch.messages:  # rewind, so each backlog frame carries its own cursor
+            self.positions[message.channel] = cursor.position(message.channel) or ZERO_ID
+        parts.extend(self.build(m) for m in batch.messages)
+        self.positions = dict(batch.positions)
+        self.conn.start_stream(fmt.content_type, preamble=b"".join(parts))
+        self.conn.hold(self)
+        self.app.hub.join(self.channels, self)
+        self.registry.add(self)
+
+    def push(self, data: bytes) -> None:
+        if not self.pending:
+            self.registry.dirty(self)
+        self.pending.append(data)
+        self.pending_bytes += len(data)
+
+    def deliver(self, message: Message) -> None:
+        self.push(self.build(message))
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        data = b"".join(self.pending)
+        self.pending.clear()
+        self.pending_bytes = 0
+        if self.conn.write_buffer_size() + len(data) > self.registry.max_unsent:
+            self._drop_slow()
+            return
+        self.conn.write_stream(data)
+
+    def _drop_slow(self) -> None:
+        """The client does not read fast enough: end its stream instead of buffering without
+        bound; it resumes from its cursor."""
+        self._leave()
+        conn = self.conn
+        conn.end_stream(self.fmt.event("slow", {"detail": "the client did not keep up; resume from your cursor"}))
+        self.app.loop.call_later(SLOW_CLOSE_GRACE, conn.abort)
+
+    def channel_closed(self, channel: str) -> None:
+        self.flush()
+        self._leave()
+        self.conn.end_stream(self.fmt.event("closed", {"channel": channel}))
+
+    def shutdown(self) -> None:
+        self.flush()
+        self._leave()
+        self.conn.end_stream()
+
+    def release(self) -> None:
+        self._leave()
+
+    def _leave(self) -> None:
+        self.app.hub.leave(self.channels, self)
+        self.registry.remove(self)
+        self.pending.clear()
+
+
+class StreamRegistry:
+    """Every open stream: batches their writes per loop turn and sends heartbeats."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, heartbeat: float, max_unsent: int) -> None:
+        self.loop = loop
+        self.heartbeat_interval = heartbeat
+        self.max_unsent = max_unsent
+        self.streams: set[Stream] = set()
+        self._dirty: list[Stream] = []
+        self._heartbeat: asyncio.TimerHandle | None = None
+
+    def add(self, stream: Stream) -> None:
+        self.streams.add(stream)
+
+    def remove(self, stream: Stream) -> None:
+        self.streams.discard(stream)
+
+    def dirty(self, stream: Stream) -> None:
+        if not self._dirty:
+            self.loop.call_soon(self._flush)
+        self._dirty.append(stream)
+
+    def _flush(self) -> None:
+        dirty, self._dirty = self._dirty, []
+        for stream in dirty:
+            stream.flush()
+
+    def start(self) -> None:
+        if self.heartbeat_interval > 0:
+            self._heartbeat = self.loop.call_later(self.heartbeat_interval, self._beat)
+
+    def stop(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            self._heartbeat = None
+
+    def _beat(self) -> None:
+        for stream in self.streams:
+            stream.push(stream.fmt.heartbeat)
+        self._heartbeat = self.loop.call_later(self.heartbeat_interval, self._beat)
