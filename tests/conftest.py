@@ -1,0 +1,122 @@
+"""Fixtures: real Tidings servers in subprocesses on free 127.0.0.1 ports."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+
+READY = re.compile(r"listening on http://([\d.]+):(\d+)/")
+
+
+class ServerProcess:
+    """`python -m tidings serve` on a free port; its log is collected in `lines`."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tidings", "serve", "--port", "0", *args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        self.lines: list[str] = []
+        self.url = ""
+        self._ready = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        if not self._ready.wait(15):
+            self.kill()
+            raise AssertionError("server did not start within 15 s; log:\n" + "".join(self.lines))
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+            match = READY.search(line)
+            if match and not self._ready.is_set():
+                self.url = f"http://{match[1]}:{match[2]}"
+                self.host, self.port = match[1], int(match[2])
+                self._ready.set()
+        self._ready.set()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def terminate(self, timeout: float = 10.0) -> float:
+        """SIGTERM; returns how long the process took to exit."""
+        started = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout)
+        return time.monotonic() - started
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def log(self) -> str:
+        return "".join(self.lines)
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[ServerProcess]:
+    """One shared server for tests that use their own channels."""
+    proc = ServerProcess("--heartbeat", "15")
+    yield proc
+    proc.kill()
+    assert "Traceback" not in proc.log(), proc.log()
+
+
+@pytest.fixture
+def start_server() -> Iterator[Callable[..., ServerProcess]]:
+    """A factory for servers with their own flags, killed after the test."""
+    started: list[ServerProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> ServerProcess:
+        proc = ServerProcess(*args, env=env)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill()
+    for proc in started:
+        assert "Traceback" not in proc.log(), proc.log()
+
+
+@pytest.fixture
+def channel() -> str:
+    return "t" + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture
+def http(server: ServerProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        yield client
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.01) -> float:
+    """Poll `condition` until true; fail naming `what` after `timeout` s. Returns seconds taken."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+    return time.monotonic() - started
+
+
+def subscribers(client: httpx.Client, channel: str) -> int:
+    count = client.get(f"/channels/{channel}").json()["subscribers"]
+    assert isinstance(count, int)
+    return count

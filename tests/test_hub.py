@@ -1,0 +1,207 @@
+"""The pure core, driven directly with a hand-held clock: no loop, no sockets."""
+
+from __future__ import annotations
+
+import pytest
+
+from tidings.hub import (
+    NOW,
+    Cursor,
+    Hub,
+    InvalidChannel,
+    InvalidCursor,
+    Message,
+    MessageId,
+    cursor_token,
+    parse_channels,
+)
+
+T0 = 1_700_000_000_000
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.woken: list[Message] = []
+        self.closed: list[str] = []
+
+    def wake(self, message: Message) -> None:
+        self.woken.append(message)
+
+    deliver = wake
+
+    def channel_closed(self, channel: str) -> None:
+        self.closed.append(channel)
+
+
+def publish(hub: Hub, channel: str, data: object, now: int) -> Message:
+    message = hub.make_message(channel, data, now)
+    hub.ingest(message, now)
+    return message
+
+
+def make_hub(size: int = 100, ttl: float = 3600.0) -> Hub:
+    return Hub(buffer_size=size, buffer_ttl=ttl, now_ms=T0)
+
+
+def test_ids_increase_within_and_across_milliseconds() -> None:
+    hub = make_hub()
+    a = publish(hub, "c", 1, T0 + 5)
+    b = publish(hub, "c", 2, T0 + 5)
+    c = publish(hub, "c", 3, T0 + 6)
+    assert [str(m.id) for m in (a, b, c)] == [f"{T0 + 5}-0", f"{T0 + 5}-1", f"{T0 + 6}-0"]
+
+
+def test_ids_never_go_backwards_when_the_clock_does() -> None:
+    hub = make_hub()
+    a = publish(hub, "c", 1, T0 + 100)
+    b = publish(hub, "c", 2, T0 + 50)
+    assert b.id > a.id
+    assert b.id == MessageId(T0 + 100, 1)
+
+
+def test_message_json_is_encoded_once_with_every_field() -> None:
+    hub = make_hub()
+    m = publish(hub, "c", {"nick": "ann", "message": "héllo"}, T0 + 1)
+    assert m.json == (
+        f'{{"id":"{T0 + 1}-0","channel":"c","data":{{"nick":"ann","message":"héllo"}},"time":{T0 + 1}}}'.encode()
+    )
+
+
+def test_ring_keeps_the_newest_and_reports_a_gap_for_older_cursors() -> None:
+    hub = make_hub(size=3)
+    msgs = [publish(hub, "c", i, T0 + i) for i in range(1, 6)]
+    batch = hub.read(["c"], Cursor(default=msgs[0].id), T0 + 10)
+    assert [m.data for m in batch.messages] == [3, 4, 5]
+    assert batch.gaps == ["c"]
+    # The cursor just before the oldest buffered message missed nothing.
+    batch = hub.read(["c"], Cursor(default=msgs[1].id), T0 + 10)
+    assert [m.data for m in batch.messages] == [3, 4, 5]
+    assert batch.gaps == []
+    assert batch.positions == {"c": msgs[4].id}
+
+
+def test_ttl_expires_messages_and_cursor_at_the_last_one_sees_no_gap() -> None:
+    hub = make_hub(ttl=1.0)
+    m1 = publish(hub, "c", 1, T0 + 10)
+    m2 = publish(hub, "c", 2, T0 + 600)
+    later = T0 + 1300  # m1 expired, m2 not
+    assert [m.data for m in hub.read(["c"], Cursor(oldest=True), later).messages] == [2]
+    assert hub.read(["c"], Cursor(default=m1.id), later).gaps == []
+    assert hub.read(["c"], Cursor(default=MessageId(T0, 0)), later).gaps == ["c"]
+    assert hub.info("c", T0 + 5000).buffered == 0
+    batch = hub.read(["c"], Cursor(default=m2.id), T0 + 5000)
+    assert batch.messages == [] and batch.gaps == [] and batch.positions == {"c": m2.id}
+
+
+def test_read_without_cursor_starts_now_and_never_creates_channels() -> None:
+    hub = make_hub()
+    batch = hub.read(["nothing"], NOW, T0 + 1)
+    assert batch.messages == [] and batch.positions == {"nothing": hub.floor}
+    assert "nothing" not in hub.channels
+    publish(hub, "c", 1, T0 + 1)
+    assert hub.read(["c"], NOW, T0 + 2).messages == []
+
+
+def test_batches_are_limited_and_continue_exactly() -> None:
+    hub = make_hub(size=500)
+    for i in range(250):
+        publish(hub, "c", i, T0 + 1 + i)
+    cursor = Cursor(oldest=True)
+    seen: list[int] = []
+    while True:
+        batch = hub.read(["c"], cursor, T0 + 1000)
+        if not batch.messages:
+            break
+        assert len(batch.messages) <= 100
+        seen.extend(m.data for m in batch.messages)
+        cursor = Cursor.parse(cursor_token(["c"], batch.positions))
+    assert seen == list(range(250))
+
+
+def test_multi_channel_read_merges_in_id_order_with_one_cursor() -> None:
+    hub = make_hub()
+    publish(hub, "a", "a1", T0 + 1)
+    publish(hub, "b", "b1", T0 + 2)
+    publish(hub, "a", "a2", T0 + 3)
+    batch = hub.read(["a", "b", "c"], Cursor(oldest=True), T0 + 4, limit=2)
+    assert [m.data for m in batch.messages] == ["a1", "b1"]
+    assert batch.more
+    token = cursor_token(["a", "b", "c"], batch.positions)
+    rest = hub.read(["a", "b", "c"], Cursor.parse(token), T0 + 5)
+    assert [m.data for m in rest.messages] == ["a2"]
+
+
+def test_cursor_tokens_parse_and_reject_garbage() -> None:
+    assert Cursor.parse(None) is NOW
+    assert Cursor.parse("oldest").oldest
+    assert Cursor.parse("12-3").position("x") == MessageId(12, 3)
+    c = Cursor.parse("room.1:5-0,b:7-2")
+    assert c.position("room.1") == MessageId(5, 0) and c.position("b") == MessageId(7, 2)
+    assert c.position("other") is None
+    for bad in ("abc", "12", "-1-2", "a:b", "a/b:1-2", "1-2-3", "9" * 50 + "-1"):
+        with pytest.raises(InvalidCursor):
+            Cursor.parse(bad)
+
+
+def test_channel_names_are_validated() -> None:
+    assert parse_channels("a,b.c:d-e_f,a") == ["a", "b.c:d-e_f"]
+    for bad in ("", "a/b", "a b", "x" * 129, "a,,b", "ü"):
+        with pytest.raises(InvalidChannel):
+            parse_channels(bad)
+    with pytest.raises(InvalidChannel):
+        parse_channels(",".join(f"c{i}" for i in range(33)))
+
+
+def test_waiters_are_woken_once_and_removed() -> None:
+    hub = make_hub()
+    waiter = Recorder()
+    hub.wait(["a", "b"], waiter)
+    assert hub.info("a", T0).subscribers == 1 and hub.info("b", T0).subscribers == 1
+    publish(hub, "a", 1, T0 + 1)
+    assert [m.data for m in waiter.woken] == [1]
+    assert hub.info("a", T0).subscribers == 0
+    hub.unwait(["a", "b"], waiter)  # what a woken long-poll does with its other channels
+    assert hub.info("b", T0).subscribers == 0
+
+
+def test_streams_receive_every_message_until_they_leave() -> None:
+    hub = make_hub()
+    stream = Recorder()
+    hub.join(["a"], stream)
+    assert hub.ingest(hub.make_message("a", 1, T0 + 1), T0 + 1) == 1
+    publish(hub, "a", 2, T0 + 2)
+    hub.leave(["a"], stream)
+    publish(hub, "a", 3, T0 + 3)
+    assert [m.data for m in stream.woken] == [1, 2]
+
+
+def test_delete_tells_every_subscriber_and_ids_continue_after() -> None:
+    hub = make_hub()
+    waiter, stream = Recorder(), Recorder()
+    last = publish(hub, "a", 1, T0 + 5)
+    hub.wait(["a"], waiter)
+    hub.join(["a"], stream)
+    assert hub.delete("a") == 2
+    assert waiter.closed == ["a"] and stream.closed == ["a"]
+    assert hub.delete("a") is None
+    again = publish(hub, "a", 2, T0 + 1)
+    assert again.id > last.id
+
+
+def test_sweep_reclaims_idle_channels_and_remembers_where_ids_were() -> None:
+    hub = make_hub(ttl=1.0)
+    last = publish(hub, "a", 1, T0 + 10)
+    hub.wait(["b"], Recorder())
+    assert hub.sweep(T0 + 100) == 0
+    assert hub.sweep(T0 + 5000) == 1  # "a" expired and idle; "b" has a waiter
+    assert set(hub.channels) == {"b"}
+    # A cursor at the reclaimed channel's last id missed nothing; an older one did.
+    assert hub.read(["a"], Cursor(default=last.id), T0 + 6000).gaps == []
+    assert hub.read(["a"], Cursor(default=MessageId(T0, 0)), T0 + 6000).gaps == ["a"]
+    assert publish(hub, "a", 2, T0 + 1).id > last.id
+
+
+def test_a_cursor_from_before_this_hub_started_is_a_gap() -> None:
+    hub = make_hub()
+    assert hub.read(["x"], Cursor(default=MessageId(T0 - 1, 0)), T0 + 1).gaps == ["x"]
+    assert hub.read(["x"], Cursor(default=hub.floor), T0 + 1).gaps == []
