@@ -41,8 +41,14 @@ async def read_events(conn: Connection, until: str, timeout: float = 10) -> list
 
 
 async def publish(srv: ServerProcess, channel: str, data: object) -> str:
-    answer = await request(srv.host, srv.port, "POST", f"/pub/{channel}", json.dumps(data).encode(),
-                           headers={"Content-Type": "application/json"})
+    answer = await request(
+        srv.host,
+        srv.port,
+        "POST",
+        f"/pub/{channel}",
+        json.dumps(data).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     assert answer.status in (201, 202), answer.body
     ident = answer.json()["id"]
     assert isinstance(ident, str)
@@ -82,7 +88,9 @@ def test_sse_delivers_and_resumes_with_last_event_id(server: ServerProcess, chan
         conn.close()
         # The same with the query parameter, and via /sub with Accept: text/event-stream.
         conn = await Connection.open(server.host, server.port)
-        head = await conn.start_stream(f"/sub/{channel}?last_event_id={second}", headers={"Accept": "text/event-stream"})
+        head = await conn.start_stream(
+            f"/sub/{channel}?last_event_id={second}", headers={"Accept": "text/event-stream"}
+        )
         assert head.headers["content-type"].startswith("text/event-stream")
         assert [e["id"] for e in await read_events(conn, third)] == [third]
         conn.close()
@@ -183,7 +191,10 @@ def test_delete_ends_every_transport(server: ServerProcess, http: httpx.Client, 
         polled = await lp.response()
         assert polled.status == 410 and polled.json()["error"] == "channel_deleted"
         raw = await sse.read_until(b"event: closed")
-        assert sse_events(raw)[-1] == {"event": "closed", "data": json.dumps({"channel": channel}, separators=(",", ":"))}
+        assert sse_events(raw)[-1] == {
+            "event": "closed",
+            "data": json.dumps({"channel": channel}, separators=(",", ":")),
+        }
         assert await sse.read_chunk() == b""  # the stream ended
         line = await nd.read_until(b'"closed"')
         assert json.loads(line.strip().splitlines()[-1]) == {"event": "closed", "channel": channel}

@@ -1,0 +1,129 @@
+"""The tidings command: publish from a pipe and a prompt, subscribe, clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+
+import httpx
+from conftest import ServerProcess, subscribers, wait_until
+
+TIDINGS = [sys.executable, "-m", "tidings"]
+
+
+def buffered(srv: ServerProcess, channel: str) -> list[object]:
+    body = httpx.get(f"{srv.url}/sub/{channel}", params={"last_id": "oldest"}, timeout=10).json()
+    return [m["data"] for m in body["messages"]]
+
+
+def test_publish_each_line_from_a_pipe(server: ServerProcess, channel: str) -> None:
+    done = subprocess.run(
+        [*TIDINGS, "publish", channel, "--url", server.url],
+        input="first line\nsecond\nquit\n",
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    assert buffered(server, channel) == ["first line", "second", "quit"]  # a pipe ends at EOF only
+
+
+def test_publish_one_message_prints_the_answer(server: ServerProcess, channel: str) -> None:
+    done = subprocess.run(
+        [*TIDINGS, "publish", channel, '{"a": 1}', "--json", "--url", server.url],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["channel"] == channel and answer["subscribers"] == 0
+    assert buffered(server, channel) == [{"a": 1}]
+
+
+def test_the_prompt_publishes_typed_lines_until_quit(server: ServerProcess, channel: str) -> None:
+    primary, secondary = os.openpty()
+    proc = subprocess.Popen(
+        [*TIDINGS, "publish", channel, "--url", server.url],
+        stdin=secondary,
+        stdout=secondary,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    os.close(secondary)
+    os.write(primary, b"hello there\nquit\n")
+    assert proc.wait(30) == 0
+    os.close(primary)
+    assert buffered(server, channel) == ["hello there"]
+
+
+def test_an_unreachable_server_is_one_clear_line_and_exit_1() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens here
+    done = subprocess.run(
+        [*TIDINGS, "publish", "chat", "hi", "--url", f"http://127.0.0.1:{port}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().count("\n") == 0
+    assert done.stderr.startswith(f"tidings: cannot reach http://127.0.0.1:{port}")
+
+
+def test_an_invalid_channel_is_reported(server: ServerProcess) -> None:
+    done = subprocess.run(
+        [*TIDINGS, "publish", "bad name", "x", "--url", server.url], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 1 and "invalid_channel" in done.stderr
+
+
+def _lines(proc: subprocess.Popen[str]) -> queue.Queue[str]:
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return lines
+
+
+def test_subscribe_prints_messages_and_keeps_its_cursor_across_a_restart(
+    start_server: Callable[..., ServerProcess], channel: str
+) -> None:
+    srv = start_server()
+    port = str(srv.port)  # the restarted server takes the same port (a later --port wins)
+    httpx.post(f"{srv.url}/pub/{channel}", json="old", timeout=10)
+    proc = subprocess.Popen(
+        [*TIDINGS, "subscribe", channel, "--url", srv.url, "--last-id", "oldest", "--timeout", "5"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        lines = _lines(proc)
+        assert json.loads(lines.get(timeout=10))["data"] == "old"
+        client = httpx.Client(base_url=srv.url, timeout=10)
+        wait_until(lambda: subscribers(client, channel) == 1, 10, "the subscriber to poll")
+        client.post(f"/pub/{channel}", json={"n": 1})
+        message = json.loads(lines.get(timeout=10))
+        assert message["data"] == {"n": 1} and message["channel"] == channel
+        # The server goes away and comes back on the same port: the subscriber reconnects.
+        srv.kill()
+        srv = start_server("--port", port)
+        client = httpx.Client(base_url=srv.url, timeout=10)
+        wait_until(lambda: subscribers(client, channel) == 1, 20, "the subscriber to reconnect")
+        client.post(f"/pub/{channel}", json="after restart")
+        assert json.loads(lines.get(timeout=10))["data"] == "after restart"
+    finally:
+        proc.kill()
+        proc.wait(10)
