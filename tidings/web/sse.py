@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING
 from tidings.hub import Message, wall_clock_ms
 from tidings.web import params
 from tidings.web.http import HttpConnection, Request
-from tidings.web.streaming import Stream
+from tidings.web.streaming import Stream, StreamFormat
 
 if TYPE_CHECKING:
     from tidings.web.app import App
 
 
-class SSEFormat:
+class SSEFormat(StreamFormat):
     key = "sse"
     content_type = b"text/event-stream; charset=utf-8"
     heartbeat = b": heartbeat\n\n"

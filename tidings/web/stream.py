@@ -17,20 +17,13 @@ if TYPE_CHECKING:
     from tidings.web.app import App
 
 
-class NDJSONFormat:
+class NDJSONFormat(StreamFormat):
     key = "ndjson"
     content_type = b"application/x-ndjson"
     heartbeat = b"\n"
-    cursor_in_frames = False
-
-    def preamble(self) -> bytes:
-        return b""
 
     def message(self, message: Message) -> bytes:
         return message.json + b"\n"
-
-    def message_with_cursor(self, message: Message, token: str) -> bytes:
-        return self.message(message)
 
     def event(self, name: str, payload: dict[str, object]) -> bytes:
         return event_json(name, payload) + b"\n"
@@ -49,11 +42,10 @@ def _html_text(value: object) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
-class HTMLFormat:
+class HTMLFormat(StreamFormat):
     key = "html"
     content_type = b"text/html; charset=utf-8"
     heartbeat = b"<!-- -->\n"
-    cursor_in_frames = False
 
     def preamble(self) -> bytes:
         return _HTML_HEAD + _HTML_PADDING
@@ -68,9 +60,6 @@ class HTMLFormat:
         return (
             f'<div class="m" data-id="{message.id}"><span class="c">[{message.channel}]</span> {body}</div>\n'
         ).encode()
-
-    def message_with_cursor(self, message: Message, token: str) -> bytes:
-        return self.message(message)
 
     def event(self, name: str, payload: dict[str, object]) -> bytes:
         text = html.escape(json.dumps(payload, ensure_ascii=False))

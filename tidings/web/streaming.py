@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from tidings.hub import ZERO_ID, Batch, Cursor, Message, MessageId, cursor_token
 
@@ -21,19 +21,25 @@ if TYPE_CHECKING:
 SLOW_CLOSE_GRACE = 5.0  # seconds a dropped slow stream gets to take its last bytes
 
 
-class StreamFormat(Protocol):
-    key: str  # names this format's cached framing on a Message
-    content_type: bytes
-    heartbeat: bytes
-    cursor_in_frames: bool  # whether each message frame carries the resume cursor
+class StreamFormat:
+    """How a stream looks on the wire. Subclasses set the attributes and `message`/`event`."""
 
-    def preamble(self) -> bytes: ...
+    key = ""  # names this format's cached framing on a Message
+    content_type = b""
+    heartbeat = b""
+    cursor_in_frames = False  # whether each message frame carries the resume cursor
 
-    def message(self, message: Message) -> bytes: ...
+    def preamble(self) -> bytes:
+        return b""
 
-    def message_with_cursor(self, message: Message, token: str) -> bytes: ...
+    def message(self, message: Message) -> bytes:
+        raise NotImplementedError
 
-    def event(self, name: str, payload: dict[str, object]) -> bytes: ...
+    def message_with_cursor(self, message: Message, token: str) -> bytes:
+        return self.message(message)
+
+    def event(self, name: str, payload: dict[str, object]) -> bytes:
+        raise NotImplementedError
 
 
 def event_json(name: str, payload: dict[str, object]) -> bytes:
