@@ -28,6 +28,7 @@
     var abort = null;     // AbortController of the poll in flight
     var source = null;    // EventSource when streaming
     var status = null;
+    var fresh = true;     // first poll after (re)connecting answers at once: history + "connected"
 
     function setStatus(next, detail) {
       if (next === status) return;
@@ -53,7 +54,7 @@
     }
 
     function poll() {
-      var query = "timeout=" + (options.timeout || 30);
+      var query = "timeout=" + (fresh ? 0 : options.timeout || 30);
       if (cursor) query += "&last_id=" + encodeURIComponent(cursor);
       abort = new AbortController();
       fetch(url + "/sub/" + path + "?" + query, { signal: abort.signal, cache: "no-store" })
@@ -65,6 +66,7 @@
           return response.json().then(function (body) {
             setStatus("connected");
             backoff = 1000;
+            fresh = false;
             if (body.gap) gap(null);
             body.messages.forEach(function (m) { onMessage(m); });
             cursor = body.last_id;
@@ -98,6 +100,7 @@
 
     function connect() {
       retryTimer = null;
+      fresh = true;
       if (closed) return;
       setStatus("connecting");
       if (transport === "sse") stream(); else poll();

@@ -11,6 +11,7 @@ from tidings.brokers import Broker
 from tidings.config import Settings
 from tidings.hub import Hub, TidingsError, parse_channels, wall_clock_ms
 from tidings.web import info, longpoll, publish, sse, static, stream
+from tidings.web.batch import TurnBatcher
 from tidings.web.http import HttpConnection, HttpError, Limits, Request
 from tidings.web.streaming import StreamRegistry
 
@@ -32,6 +33,7 @@ class App:
             keepalive_timeout=settings.keepalive_timeout,
         )
         self.connections: set[HttpConnection] = set()
+        self.batcher = TurnBatcher(loop)
         self.streams = StreamRegistry(loop, settings.heartbeat, settings.stream_buffer_bytes)
         self.static = static.StaticFiles()
         self.tasks: set[asyncio.Task[None]] = set()

@@ -33,7 +33,7 @@ def _one_message_response(message: Message) -> bytes:
 
 
 class LongPoll:
-    __slots__ = ("app", "channels", "conn", "positions", "timer")
+    __slots__ = ("app", "channels", "conn", "positions", "timer", "woken_by")
 
     def __init__(
         self, app: App, conn: HttpConnection, channels: list[str], positions: dict[str, MessageId], timeout: float
@@ -43,6 +43,7 @@ class LongPoll:
         self.channels = channels
         self.positions = positions
         self.timer: asyncio.TimerHandle | None = app.loop.call_later(timeout, self._timed_out)
+        self.woken_by: Message | None = None
 
     def _leave(self) -> None:
         if self.timer is not None:
@@ -51,7 +52,16 @@ class LongPoll:
         self.app.hub.unwait(self.channels, self)
 
     def wake(self, message: Message) -> None:
+        # Leave every channel now (one message per answer, nothing twice); write at the end
+        # of the loop turn, after the publisher has had its answer.
         self._leave()
+        self.woken_by = message
+        self.app.batcher.schedule(self)
+
+    def flush(self) -> None:
+        message, self.woken_by = self.woken_by, None
+        if message is None:
+            return
         conn = self.conn
         if len(self.channels) == 1 and conn.keep_alive:
             conn.respond_raw(message.frame("longpoll", _one_message_response), True)
@@ -77,7 +87,10 @@ class LongPoll:
         self._answer_empty()
 
     def shutdown(self) -> None:
-        self._answer_empty()
+        if self.woken_by is not None:
+            self.flush()
+        else:
+            self._answer_empty()
 
     def release(self) -> None:
         self._leave()

@@ -90,7 +90,7 @@ class Stream:
 
     def push(self, data: bytes) -> None:
         if not self.pending:
-            self.registry.dirty(self)
+            self.app.batcher.schedule(self)
         self.pending.append(data)
         self.pending_bytes += len(data)
 
@@ -136,14 +136,13 @@ class Stream:
 
 
 class StreamRegistry:
-    """Every open stream: batches their writes per loop turn and sends heartbeats."""
+    """Every open stream, for heartbeats and the unsent-bytes cap."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, heartbeat: float, max_unsent: int) -> None:
         self.loop = loop
         self.heartbeat_interval = heartbeat
         self.max_unsent = max_unsent
         self.streams: set[Stream] = set()
-        self._dirty: list[Stream] = []
         self._heartbeat: asyncio.TimerHandle | None = None
 
     def add(self, stream: Stream) -> None:
@@ -151,16 +150,6 @@ class StreamRegistry:
 
     def remove(self, stream: Stream) -> None:
         self.streams.discard(stream)
-
-    def dirty(self, stream: Stream) -> None:
-        if not self._dirty:
-            self.loop.call_soon(self._flush)
-        self._dirty.append(stream)
-
-    def _flush(self) -> None:
-        dirty, self._dirty = self._dirty, []
-        for stream in dirty:
-            stream.flush()
 
     def start(self) -> None:
         if self.heartbeat_interval > 0:
