@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import Callable
 
 import httpx
@@ -207,3 +208,37 @@ def test_delete_ends_every_transport(server: ServerProcess, http: httpx.Client, 
     asyncio.run(scenario())
     assert subscribers(http, channel) == 0
     wait_until(lambda: http.get(f"/channels/{channel}").json()["buffered"] == 0, 2, "the channel to be gone")
+
+
+def test_a_stream_that_stops_reading_is_dropped_not_buffered_forever(
+    start_server: Callable[..., ServerProcess], channel: str
+) -> None:
+    srv = start_server("--stream-buffer-bytes", "65536")
+
+    async def scenario() -> None:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills fast
+        sock.connect((srv.host, srv.port))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        writer.write(f"GET /sse/{channel} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        await wait_subscribed(srv, channel, 1)
+        publisher = await Connection.open(srv.host, srv.port)
+        payload = json.dumps("x" * 60000).encode()
+        async with asyncio.timeout(20):
+            for _ in range(400):  # ~24 MB: far more than socket buffers and the cap hold
+                await publisher.request("POST", f"/pub/{channel}", payload, {"Content-Type": "application/json"})
+                info = (await publisher.request("GET", f"/channels/{channel}")).json()
+                if info["subscribers"] == 0:
+                    break
+        assert info["subscribers"] == 0, "the stalled stream was never dropped"
+        # The server is fine, and what the stalled client does read ends with the notice.
+        assert (await publisher.request("GET", "/healthz")).status == 200
+        async with asyncio.timeout(10):
+            tail = b""
+            while chunk := await reader.read(1 << 20):
+                tail = (tail + chunk)[-4096:]
+        assert b"event: slow" in tail
+        publisher.close()
+        writer.close()
+
+    asyncio.run(scenario())
