@@ -1,0 +1,73 @@
+"""python -m bench [--quick] [--smoke] [--servers tidings,nchan] [--scenarios ABCD] [--repeat N]"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import resource
+import sys
+import tempfile
+from pathlib import Path
+
+from bench import harness, report
+from bench.servers import SERVERS
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes, one repetition (under 2 minutes)")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="prove the harness works (CI): results go to a temp folder, not bench/results",
+    )
+    parser.add_argument("--servers", default=",".join(SERVERS), help=f"comma-separated, of {', '.join(SERVERS)}")
+    parser.add_argument("--scenarios", default="ABCD", help="letters of the scenarios to run")
+    parser.add_argument("--repeat", type=int, help="repetitions per case (medians are reported)")
+    parser.add_argument("--out", type=Path, help="folder for <date>.md and the plot (default bench/results)")
+    args = parser.parse_args()
+
+    plan = harness.QUICK if args.quick else harness.FULL
+    if args.repeat:
+        plan = harness.Plan(plan.idle_levels, plan.fanout, plan.channels, plan.publish, args.repeat)
+    out = args.out or (Path(tempfile.mkdtemp()) if args.smoke else Path(__file__).parent / "results")
+    out.mkdir(parents=True, exist_ok=True)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+    def log(line: str) -> None:
+        print(f"[bench] {line}", file=sys.stderr, flush=True)
+
+    factories = {}
+    for name in args.servers.split(","):
+        if name not in SERVERS:
+            parser.error(f"unknown server {name!r}")
+        why = SERVERS[name]().unavailable()
+        if why:
+            log(f"skipping {name}: {why}")
+        else:
+            factories[name] = SERVERS[name]
+    if not factories:
+        log("no server to measure")
+        return 1
+
+    rows = harness.run(plan, factories, set(args.scenarios.upper()), log)
+    mode = "quick" if args.quick else "full"
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d")
+    text = "\n".join([f"## Results {stamp} ({mode}, {plan.repeat} repetition(s), medians)", "",
+                      report.environment(), "", report.tables(rows)])  # fmt: skip
+    print(text)
+    name = f"{stamp}-{mode}" if mode != "full" else stamp
+    (out / f"{name}.md").write_text(text + "\n")
+    if report.plot(rows, out / f"{name}.png", log):
+        log(f"wrote {out / (name + '.md')} and {out / (name + '.png')}")
+    # Correctness is asserted even here (timings never are): every message to every subscriber, once.
+    broken = [r for r in rows if r.metrics.get("lost", 0) or r.metrics.get("duplicates", 0)
+              or r.metrics.get("publish_errors", 0)]  # fmt: skip
+    for row in broken:
+        log(f"LOSS/ERRORS: {row.scenario} {row.case} {row.server}: {row.metrics}")
+    return 1 if broken else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

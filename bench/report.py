@@ -1,0 +1,125 @@
+"""Markdown tables with Tidings/Nchan ratios, the results file and the plot."""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+from bench.harness import Row
+
+REFERENCE = "nchan"
+
+# Per scenario: the columns shown (metric, heading, format) and the metric the ratio compares.
+_DELIVERY = [
+    ("delivered_per_s", "deliv/s", "{:.0f}"),
+    ("lost", "lost", "{:.0f}"),
+    ("duplicates", "dups", "{:.0f}"),
+    ("p50_ms", "p50 ms", "{:.1f}"),
+    ("p99_ms", "p99 ms", "{:.1f}"),
+    ("cpu_ms_per_1k", "CPU-ms/1k deliv", "{:.1f}"),
+]
+COLUMNS: dict[str, tuple[list[tuple[str, str, str]], str]] = {
+    "A": (
+        [("held", "held", "{:.0f}"), ("rss_mib", "RSS MiB", "{:.1f}"), ("kib_per_conn", "KiB/conn", "{:.2f}")],
+        "kib_per_conn",
+    ),
+    "B": ([*_DELIVERY, ("cpu_ms_per_1k_responses", "CPU-ms/1k resp", "{:.1f}")], "cpu_ms_per_1k"),
+    "C": ([*_DELIVERY, ("rss_mib", "RSS MiB", "{:.1f}")], "cpu_ms_per_1k"),
+    "D": (
+        [
+            ("publishes_per_s", "pub/s", "{:.0f}"),
+            ("publish_errors", "errors", "{:.0f}"),
+            ("cpu_ms_per_1k_publishes", "CPU-ms/1k pub", "{:.1f}"),
+            ("p50_ms", "deliv p50 ms", "{:.1f}"),
+        ],
+        "cpu_ms_per_1k_publishes",
+    ),
+}
+TITLES = {
+    "A": "A. Idle capacity: server RSS with N held subscribers",
+    "B": "B. Fan-out: S subscribers on one channel, M messages at a fixed rate",
+    "C": "C. Many channels: one subscriber each, publishes spread over them",
+    "D": "D. Publish throughput (32 keep-alive connections, flat out)",
+}
+
+
+def tables(rows: list[Row]) -> str:
+    out = []
+    for scenario, (columns, ratio_key) in COLUMNS.items():
+        mine = [r for r in rows if r.scenario == scenario]
+        if not mine:
+            continue
+        heading = " | ".join(h for _, h, _ in columns)
+        out += [f"### {TITLES[scenario]}", "", f"| case | server | {heading} | {ratio_key} vs {REFERENCE} |",
+                "|" + "---|" * (len(columns) + 3)]  # fmt: skip
+        reference = {r.case: r.metrics.get(ratio_key) for r in mine if r.server == REFERENCE}
+        for row in mine:
+            cells = [fmt.format(row.metrics[key]) if key in row.metrics else "" for key, _, fmt in columns]
+            base = reference.get(row.case)
+            ratio = "" if row.server == REFERENCE or not base else f"{row.metrics[ratio_key] / base:.2f}x"
+            out.append(f"| {row.case} | {row.server} | {' | '.join(cells)} | {ratio} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def _command_output(*command: str) -> str:
+    if shutil.which(command[0]) is None:
+        return "not installed"
+    done = subprocess.run(command, capture_output=True, text=True, timeout=10)
+    return (done.stdout or done.stderr).strip().splitlines()[0] if (done.stdout or done.stderr) else "?"
+
+
+def environment() -> str:
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    from tidings import __version__
+
+    nchan = _command_output("dpkg-query", "-W", "-f=${Version}", "libnginx-mod-nchan")
+    return "\n".join([
+        f"- machine: {os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}",
+        f"- Python {platform.python_version()}, Tidings {__version__} (uvloop, httptools)",
+        f"- {_command_output('nginx', '-v')}; Nchan {nchan}",
+        "- server pinned to CPU 0, load generator to CPU 1; CPU and RSS summed over the server's process tree",
+    ])  # fmt: skip
+
+
+def plot(rows: list[Row], path: Path, log: Callable[[str], None]) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib is not installed (pip install -e '.[bench]'): no plot")
+        return False
+    fig, (rss_ax, cdf_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for server in sorted({r.server for r in rows if r.scenario == "A"}):
+        for transport in ("longpoll", "sse"):
+            points = [r for r in rows if r.scenario == "A" and r.server == server and r.case.startswith(transport)]
+            if points:
+                rss_ax.plot([r.metrics["held"] for r in points], [r.metrics["rss_mib"] for r in points], marker="o",
+                            label=f"{server} {transport}")  # fmt: skip
+    rss_ax.set(xlabel="held subscribers", ylabel="server RSS (MiB)", title="A. Idle capacity")
+    rss_ax.legend(fontsize=8)
+    for row in rows:
+        if row.scenario == "B" and "cdf_ms" in row.extra:
+            cdf = row.extra["cdf_ms"]
+            cdf_ax.plot(cdf, [p / 100 for p in range(len(cdf))], label=f"{row.server} {row.case}")
+    cdf_ax.set(xlabel="publish → receive latency (ms)", ylabel="fraction of deliveries", title="B. Fan-out latency CDF")
+    cdf_ax.set_xscale("log")
+    cdf_ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

@@ -1,0 +1,132 @@
+"""The servers a benchmark compares: each started fresh per run, pinned to CPU 0, on a free
+127.0.0.1 port. Adding a Tidings broker is one entry in `SERVERS`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from bench.procstat import process_tree
+
+SERVER_CPU = 0  # the load generator gets the other core
+BUFFER = 1000  # messages buffered per channel, the same on every server
+HERE = Path(__file__).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _pin() -> None:
+    if len(os.sched_getaffinity(0)) > 1:
+        os.sched_setaffinity(0, {SERVER_CPU})
+
+
+class Server:
+    name = ""
+    flavour = ""  # how the load generator talks to it: tidings | nchan
+    transports = ("longpoll", "sse")
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def unavailable(self) -> str | None:
+        """Why this server cannot run here, or None."""
+        return None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=_pin)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited at start: {self.proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"{self.name} did not listen on port {self.port} within 15 s")
+
+    def pids(self) -> list[int]:
+        assert self.proc is not None
+        return process_tree(self.proc.pid)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+class Tidings(Server):
+    flavour = "tidings"
+
+    def __init__(self, broker: str = "memory") -> None:
+        super().__init__()
+        self.broker = broker
+        self.name = f"tidings-{broker.split(':')[0]}"
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "tidings", "serve", "--port", str(self.port), "--broker", self.broker,
+            "--buffer-size", str(BUFFER), "--log-level", "warning",
+        ]  # fmt: skip
+
+
+class Nchan(Server):
+    name = "nchan"
+    flavour = "nchan"
+    module = Path("/usr/lib/nginx/modules/ngx_nchan_module.so")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = tempfile.mkdtemp(prefix="tidings-bench-nchan-")
+
+    def unavailable(self) -> str | None:
+        if shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists():
+            return "nginx is not installed (Debian: apt-get install nginx libnginx-mod-nchan)"
+        if not self.module.exists():
+            return "the Nchan module is not installed (Debian: apt-get install libnginx-mod-nchan)"
+        return None
+
+    def command(self) -> list[str]:
+        config = (HERE / "nchan.conf").read_text().format(dir=self.dir, port=self.port, buffer=BUFFER)
+        path = Path(self.dir) / "nginx.conf"
+        path.write_text(config)
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        return [nginx, "-c", str(path), "-p", self.dir + "/", "-e", self.dir + "/error.log"]
+
+    def stop(self) -> None:
+        super().stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+SERVERS = {
+    "tidings": lambda: Tidings("memory"),
+    "nchan": Nchan,
+}
+
+
+def healthy(server: Server) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/healthz", timeout=2) as answer:
+            return bool(answer.status == 200)
+    except OSError:
+        return False
