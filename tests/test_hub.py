@@ -144,7 +144,7 @@ def test_cursor_tokens_parse_and_reject_garbage() -> None:
 
 
 def test_channel_names_are_validated() -> None:
-    assert parse_channels("a,b.c:d-e_f,a") == ["a", "b.c:d-e_f"]
+    assert parse_channels("a,b.c:d-e_f,a") == ("a", "b.c:d-e_f")
     for bad in ("", "a/b", "a b", "x" * 129, "a,,b", "ü"):
         with pytest.raises(InvalidChannel):
             parse_channels(bad)

@@ -12,13 +12,14 @@ increase per channel, across channel reclamation and across restarts of a proces
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from dataclasses import dataclass
+from typing import Any, Final, NamedTuple, Protocol
 
 JSONValue = Any
 """A value that `json.dumps` accepts."""
@@ -53,9 +54,11 @@ def validate_channel(name: str) -> str:
     return name
 
 
-def parse_channels(spec: str) -> list[str]:
-    """`a,b,c` → ["a", "b", "c"]: validated, duplicates dropped, order kept."""
-    names = list(dict.fromkeys(spec.split(",")))
+@functools.lru_cache(maxsize=4096)
+def parse_channels(spec: str) -> tuple[str, ...]:
+    """`a,b,c` → ("a", "b", "c"): validated, duplicates dropped, order kept. Cached: the
+    same few specs arrive on every poll."""
+    names = tuple(dict.fromkeys(spec.split(",")))
     if len(names) > MAX_CHANNELS_PER_REQUEST:
         raise InvalidChannel(f"at most {MAX_CHANNELS_PER_REQUEST} channels per request (got {len(names)})")
     for name in names:
@@ -63,8 +66,9 @@ def parse_channels(spec: str) -> list[str]:
     return names
 
 
-@dataclass(frozen=True, order=True, slots=True)
-class MessageId:
+class MessageId(NamedTuple):
+    """Ordered as (ms, seq): tuple comparison, which is what cursors and rings compare."""
+
     ms: int
     seq: int
 
@@ -127,7 +131,6 @@ class Message:
 OLDEST: Final = "oldest"
 
 
-@dataclass(frozen=True, slots=True)
 class Cursor:
     """Where a client left off. Token forms (opaque to clients):
 
@@ -138,9 +141,14 @@ class Cursor:
     - ``oldest``: everything still buffered.
     """
 
-    default: MessageId | None = None
-    positions: dict[str, MessageId] = field(default_factory=dict)
-    oldest: bool = False
+    __slots__ = ("default", "oldest", "positions")
+
+    def __init__(
+        self, default: MessageId | None = None, positions: dict[str, MessageId] | None = None, oldest: bool = False
+    ) -> None:
+        self.default = default
+        self.positions = positions or {}
+        self.oldest = oldest
 
     @classmethod
     def parse(cls, token: str | None) -> Cursor:
@@ -149,7 +157,7 @@ class Cursor:
         if token == OLDEST:
             return cls(oldest=True)
         if ":" not in token:
-            return cls(default=MessageId.parse(token))
+            return cls(MessageId.parse(token))
         positions: dict[str, MessageId] = {}
         for part in token.split(","):
             name, sep, pos = part.rpartition(":")

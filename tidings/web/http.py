@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Protocol, cast
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import unquote
 
 import httptools
 
@@ -55,9 +55,6 @@ class Request:
         self.body = body
         self.keep_alive = keep_alive
         self.http11 = http11
-
-    def query(self) -> dict[str, str]:
-        return dict(parse_qsl(self.query_string, errors="strict"))
 
 
 class HttpError(Exception):
@@ -140,6 +137,7 @@ class HttpConnection(asyncio.Protocol):
         "_headers",
         "_url",
         "app",
+        "deadline",
         "held",
         "limits",
         "loop",
@@ -160,6 +158,7 @@ class HttpConnection(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.state = _IDLE
         self.timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0
         self.held: Held | None = None
         self.request: Request | None = None  # the one being answered
         self.pipeline: deque[Request] = deque()
@@ -404,18 +403,29 @@ class HttpConnection(asyncio.Protocol):
             self.close()
         # _BUSY without `held` (a publish in flight) closes after its answer.
 
+    # Connection timers are re-armed on every request; moving a deadline is a float store,
+    # and the one timer handle re-schedules itself only when it fires early.
+
     def _set_timer(self, delay: float) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer = self.loop.call_later(delay, self._timed_out)
+        self.deadline = self.loop.time() + delay
+        timer = self.timer
+        if timer is not None and timer.when() > self.deadline:
+            timer.cancel()  # the new deadline comes sooner than the pending timer
+            timer = None
+        if timer is None:
+            self.timer = self.loop.call_at(self.deadline, self._timer_fired)
 
     def _cancel_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.deadline = 0.0
 
-    def _timed_out(self) -> None:
+    def _timer_fired(self) -> None:
         self.timer = None
+        if not self.deadline:
+            return
+        if self.deadline > self.loop.time():
+            self.timer = self.loop.call_at(self.deadline, self._timer_fired)
+            return
+        self.deadline = 0.0
         if self.state == _READING:
             self._fail(HttpError(408, "request_timeout", "the request did not arrive in time", True))
         elif self.state == _IDLE:

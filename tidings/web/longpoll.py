@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from tidings.web.app import App
 
 
-def batch_body(channels: list[str], batch: Batch) -> bytes:
+def batch_body(channels: tuple[str, ...], batch: Batch) -> bytes:
     return b'{"messages":[%s],"last_id":"%s","gap":%s}' % (
         b",".join(m.json for m in batch.messages),
         cursor_token(channels, batch.positions).encode(),
@@ -36,7 +36,7 @@ class LongPoll:
     __slots__ = ("app", "channels", "conn", "positions", "timer", "woken_by")
 
     def __init__(
-        self, app: App, conn: HttpConnection, channels: list[str], positions: dict[str, MessageId], timeout: float
+        self, app: App, conn: HttpConnection, channels: tuple[str, ...], positions: dict[str, MessageId], timeout: float
     ) -> None:
         self.app = app
         self.conn = conn
@@ -96,7 +96,7 @@ class LongPoll:
         self._leave()
 
 
-def subscribe(app: App, request: Request, conn: HttpConnection, channels: list[str]) -> None:
+def subscribe(app: App, request: Request, conn: HttpConnection, channels: tuple[str, ...]) -> None:
     query = params.query(request)
     cursor = params.cursor(query, "last_id")
     timeout = params.seconds(query, "timeout", app.settings.poll_timeout, app.settings.max_poll_timeout)

@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+from urllib.parse import unquote_plus
+
 from tidings.hub import Cursor
 from tidings.web.http import HttpError, Request
 
 
 def query(request: Request) -> dict[str, str]:
-    try:
-        return request.query()
-    except (UnicodeDecodeError, ValueError):
-        raise HttpError(400, "bad_request", "the query string is not valid UTF-8") from None
+    """The query parameters (the last of repeated ones); percent-decoding only where needed."""
+    params: dict[str, str] = {}
+    if not request.query_string:
+        return params
+    for part in request.query_string.split("&"):
+        key, _, value = part.partition("=")
+        if "%" in part or "+" in part:
+            try:
+                key = unquote_plus(key, errors="strict")
+                value = unquote_plus(value, errors="strict")
+            except UnicodeDecodeError:
+                raise HttpError(400, "bad_request", "the query string is not valid UTF-8") from None
+        if key:
+            params[key] = value
+    return params
 
 
 def cursor(params: dict[str, str], *names: str, header: str | None = None, request: Request | None = None) -> Cursor:

@@ -70,7 +70,7 @@ NDJSON = NDJSONFormat()
 HTML = HTMLFormat()
 
 
-def subscribe(app: App, request: Request, conn: HttpConnection, channels: list[str]) -> None:
+def subscribe(app: App, request: Request, conn: HttpConnection, channels: tuple[str, ...]) -> None:
     query = params.query(request)
     fmt: StreamFormat
     wanted = query.get("format")

@@ -51,7 +51,7 @@ class Stream:
 
     __slots__ = ("app", "build", "channels", "conn", "fmt", "pending", "pending_bytes", "positions", "registry")
 
-    def __init__(self, app: App, conn: HttpConnection, channels: list[str], fmt: StreamFormat) -> None:
+    def __init__(self, app: App, conn: HttpConnection, channels: tuple[str, ...], fmt: StreamFormat) -> None:
         self.registry = app.streams
         self.app = app
         self.conn = conn
