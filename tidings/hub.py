@@ -102,7 +102,8 @@ def encode_json(value: JSONValue) -> bytes:
 
 class Message:
     """One published message. Its JSON form is encoded once and shared by every subscriber;
-    transports cache their own framings of it in `framed`."""
+    transports cache their own framings of it in `framed`. `channel` must already be a
+    valid channel name (see `validate_channel`)."""
 
     __slots__ = ("channel", "data", "framed", "id", "json", "time")
 
@@ -111,7 +112,13 @@ class Message:
         self.channel = channel
         self.data = data
         self.time = time
-        self.json = encode_json({"id": str(id), "channel": channel, "data": data, "time": time})
+        # Only `data` needs a JSON encoder: channel names are validated characters, ids digits.
+        self.json = b'{"id":"%s","channel":"%s","data":%s,"time":%d}' % (
+            str(id).encode(),
+            channel.encode(),
+            encode_json(data),
+            time,
+        )
         self.framed: dict[str, bytes] = {}
 
     def frame(self, key: str, build: Callable[[Message], bytes]) -> bytes:

@@ -9,6 +9,7 @@ broker only to publish and delete.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from tidings.hub import Hub, JSONValue, MessageId
@@ -41,10 +42,15 @@ class Broker(ABC):
     def healthy(self) -> bool:
         return True
 
-    @abstractmethod
-    async def publish(self, channel: str, data: JSONValue) -> Published: ...
+    # publish and delete answer at once when the broker can (the in-memory one always
+    # can: no task, no extra loop turn per publish); a broker that must talk to a bus
+    # returns an awaitable instead.
 
     @abstractmethod
-    async def delete(self, channel: str) -> int | None:
+    def publish(self, channel: str, data: JSONValue) -> Published | Awaitable[Published]:
+        """Publish to every process; raises (or the awaitable raises) BrokerUnavailable."""
+
+    @abstractmethod
+    def delete(self, channel: str) -> int | Awaitable[int | None] | None:
         """Delete a channel everywhere; the number of local subscribers told, None if the
         channel did not exist."""

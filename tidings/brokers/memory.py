@@ -10,11 +10,11 @@ from tidings.hub import JSONValue, wall_clock_ms
 class MemoryBroker(Broker):
     name = "memory"
 
-    async def publish(self, channel: str, data: JSONValue) -> Published:
+    def publish(self, channel: str, data: JSONValue) -> Published:
         now = wall_clock_ms()
         message = self.hub.make_message(channel, data, now)
         reached = self.hub.ingest(message, now)
         return Published(message.id, channel, reached)
 
-    async def delete(self, channel: str) -> int | None:
+    def delete(self, channel: str) -> int | None:
         return self.hub.delete(channel)

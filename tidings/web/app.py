@@ -14,6 +14,7 @@ from tidings.web import info, longpoll, publish, sse, static, stream
 from tidings.web.batch import TurnBatcher
 from tidings.web.http import HttpConnection, HttpError, Limits, Request
 from tidings.web.streaming import StreamRegistry
+from tidings.web.wheel import TimeoutWheel
 
 log = logging.getLogger("tidings")
 
@@ -34,6 +35,7 @@ class App:
         )
         self.connections: set[HttpConnection] = set()
         self.batcher = TurnBatcher(loop)
+        self.timeouts = TimeoutWheel(loop)
         self.streams = StreamRegistry(loop, settings.heartbeat, settings.stream_buffer_bytes)
         self.static = static.StaticFiles()
         self.tasks: set[asyncio.Task[None]] = set()
@@ -54,6 +56,7 @@ class App:
         if self._sweeper is not None:
             self._sweeper.cancel()
         self.streams.stop()
+        self.timeouts.stop()
         for conn in list(self.connections):
             conn.shutdown()
 
@@ -83,7 +86,7 @@ class App:
         if head == "sub" and rest:
             _allow(method, "GET")
             channels = parse_channels(rest)
-            if "text/event-stream" in request.headers.get("accept", ""):
+            if "text/event-stream" in request.header(b"accept"):
                 sse.subscribe(self, request, conn, channels)
             else:
                 longpoll.subscribe(self, request, conn, channels)

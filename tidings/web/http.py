@@ -35,26 +35,43 @@ class Limits:
 
 
 class Request:
-    __slots__ = ("body", "headers", "http11", "keep_alive", "method", "path", "query_string", "raw_path")
+    __slots__ = (
+        "_headers",
+        "body",
+        "http11",
+        "keep_alive",
+        "method",
+        "path",
+        "query_string",
+        "raw_headers",
+        "raw_path",
+    )
 
     def __init__(
         self,
         method: str,
         raw_path: str,
         query_string: str,
-        headers: dict[str, str],
+        raw_headers: list[tuple[bytes, bytes]],
         body: bytes,
         keep_alive: bool,
         http11: bool,
     ) -> None:
         self.method = method
         self.raw_path = raw_path
-        self.path = unquote(raw_path, errors="strict")
+        self.path = unquote(raw_path, errors="strict") if "%" in raw_path else raw_path
         self.query_string = query_string
-        self.headers = headers
+        self.raw_headers = raw_headers
         self.body = body
         self.keep_alive = keep_alive
         self.http11 = http11
+
+    def header(self, name: bytes) -> str:
+        """One header's value ("" when absent) without decoding the others; `name` lower-case."""
+        for key, value in self.raw_headers:
+            if len(key) == len(name) and key.lower() == name:
+                return value.decode("latin-1")
+        return ""
 
 
 class HttpError(Exception):
@@ -164,7 +181,7 @@ class HttpConnection(asyncio.Protocol):
         self.pipeline: deque[Request] = deque()
         self.stopping = False
         self._url = b""
-        self._headers: dict[str, str] = {}
+        self._headers: list[tuple[bytes, bytes]] = []
         self._header_bytes = 0
         self._body: list[bytes] = []
         self._body_size = 0
@@ -212,7 +229,7 @@ class HttpConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._url = b""
-        self._headers = {}
+        self._headers = []
         self._header_bytes = 0
         self._body = []
         self._body_size = 0
@@ -234,15 +251,13 @@ class HttpConnection(asyncio.Protocol):
                 f"at most {self.limits.max_header_count} headers and {self.limits.max_header_bytes} bytes of them",
                 True,
             )
-        key = name.decode("latin-1").lower()
-        text = value.decode("latin-1")
-        previous = self._headers.get(key)
-        self._headers[key] = text if previous is None else f"{previous}, {text}"
+        self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        length = self._headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.limits.max_body_bytes:
-            raise self._body_too_large()
+        for name, value in self._headers:
+            too_long = value.isdigit() and int(value) > self.limits.max_body_bytes
+            if too_long and len(name) == 14 and name.lower() == b"content-length":
+                raise self._body_too_large()
 
     def on_body(self, body: bytes) -> None:
         self._body_size += len(body)
@@ -256,12 +271,18 @@ class HttpConnection(asyncio.Protocol):
         )
 
     def on_message_complete(self) -> None:
-        parsed = httptools.parse_url(self._url)
+        url = self._url
+        if url.startswith(b"/"):  # origin form, as good as every request
+            path, _, query = url.partition(b"?")
+            query, _, _ = query.partition(b"#")
+        else:
+            parsed = httptools.parse_url(url)
+            path, query = parsed.path or b"/", parsed.query or b""
         try:
             request = Request(
                 self.parser.get_method().decode("ascii", "replace"),
-                parsed.path.decode("utf-8"),
-                parsed.query.decode("utf-8") if parsed.query else "",
+                path.decode("utf-8"),
+                query.decode("utf-8"),
                 self._headers,
                 b"".join(self._body),
                 self.parser.should_keep_alive(),

@@ -4,7 +4,6 @@ timeout, the channel's deletion or the client's departure."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING
 
 from tidings.hub import Batch, Message, MessageId, cursor_token, wall_clock_ms
@@ -33,7 +32,7 @@ def _one_message_response(message: Message) -> bytes:
 
 
 class LongPoll:
-    __slots__ = ("app", "channels", "conn", "positions", "timer", "woken_by")
+    __slots__ = ("app", "channels", "conn", "positions", "timeout_key", "woken_by")
 
     def __init__(
         self, app: App, conn: HttpConnection, channels: tuple[str, ...], positions: dict[str, MessageId], timeout: float
@@ -42,13 +41,13 @@ class LongPoll:
         self.conn = conn
         self.channels = channels
         self.positions = positions
-        self.timer: asyncio.TimerHandle | None = app.loop.call_later(timeout, self._timed_out)
+        self.timeout_key: int | None = app.timeouts.add(self, timeout)
         self.woken_by: Message | None = None
 
     def _leave(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        if self.timeout_key is not None:
+            self.app.timeouts.remove(self, self.timeout_key)
+            self.timeout_key = None
         self.app.hub.unwait(self.channels, self)
 
     def wake(self, message: Message) -> None:
@@ -82,8 +81,8 @@ class LongPoll:
         body = b'{"messages":[],"last_id":"%s","gap":false}' % cursor_token(self.channels, self.positions).encode()
         self.conn.respond(200, body)
 
-    def _timed_out(self) -> None:
-        self.timer = None
+    def expire(self) -> None:
+        self.timeout_key = None
         self._answer_empty()
 
     def shutdown(self) -> None:

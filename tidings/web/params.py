@@ -26,11 +26,11 @@ def query(request: Request) -> dict[str, str]:
     return params
 
 
-def cursor(params: dict[str, str], *names: str, header: str | None = None, request: Request | None = None) -> Cursor:
+def cursor(params: dict[str, str], *names: str, header: bytes = b"", request: Request | None = None) -> Cursor:
     """The cursor from the first of the named parameters present (or the header)."""
     token: str | None = None
-    if header is not None and request is not None:
-        token = request.headers.get(header)
+    if header and request is not None:
+        token = request.header(header) or None
     for name in names:
         if name in params:
             token = params[name]

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
-from tidings.brokers import BrokerUnavailable
+from tidings.brokers import BrokerUnavailable, Published
 from tidings.hub import JSONValue, encode_json, validate_channel
 from tidings.web.http import HttpConnection, HttpError, Request, error_body
 
@@ -21,7 +22,7 @@ log = logging.getLogger("tidings")
 def message_data(request: Request) -> JSONValue:
     """A JSON body is parsed, a form body becomes an object of its fields, anything else is
     a UTF-8 string."""
-    content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    content_type = request.header(b"content-type").partition(";")[0].strip().lower()
     try:
         text = request.body.decode("utf-8")
     except UnicodeDecodeError:
@@ -47,35 +48,64 @@ def message_data(request: Request) -> JSONValue:
 
 def publish(app: App, request: Request, conn: HttpConnection, channel: str) -> None:
     validate_channel(channel)
-    app.spawn(_publish(app, conn, channel, message_data(request)))
-
-
-async def _publish(app: App, conn: HttpConnection, channel: str, data: JSONValue) -> None:
     try:
-        result = await app.broker.publish(channel, data)
+        result = app.broker.publish(channel, message_data(request))
+    except BrokerUnavailable as exc:
+        conn.respond(503, error_body("broker_unavailable", str(exc)))
+        return
+    if isinstance(result, Published):
+        _answer_publish(conn, result)
+    else:
+        app.spawn(_publish_later(conn, result))
+
+
+def _answer_publish(conn: HttpConnection, result: Published) -> None:
+    # Channel names and ids need no JSON escaping (validated characters, digits).
+    body = b'{"id":"%s","channel":"%s","subscribers":%d}' % (
+        str(result.id).encode(),
+        result.channel.encode(),
+        result.subscribers,
+    )
+    conn.respond(201 if result.subscribers else 202, body)
+
+
+async def _publish_later(conn: HttpConnection, pending: Awaitable[Published]) -> None:
+    try:
+        result = await pending
     except BrokerUnavailable as exc:
         conn.respond(503, error_body("broker_unavailable", str(exc)))
         return
     except Exception:
-        log.exception("publish to %s failed", channel)
+        log.exception("publish failed")
         conn.respond(500, error_body("internal_error", "the publish failed"))
         return
-    body = encode_json({"id": str(result.id), "channel": channel, "subscribers": result.subscribers})
-    conn.respond(201 if result.subscribers else 202, body)
+    _answer_publish(conn, result)
 
 
 def delete(app: App, request: Request, conn: HttpConnection, channel: str) -> None:
     validate_channel(channel)
-    app.spawn(_delete(app, conn, channel))
-
-
-async def _delete(app: App, conn: HttpConnection, channel: str) -> None:
     try:
-        told = await app.broker.delete(channel)
+        result = app.broker.delete(channel)
     except BrokerUnavailable as exc:
         conn.respond(503, error_body("broker_unavailable", str(exc)))
         return
+    if isinstance(result, Awaitable):
+        app.spawn(_delete_later(conn, channel, result))
+    else:
+        _answer_delete(conn, channel, result)
+
+
+def _answer_delete(conn: HttpConnection, channel: str, told: int | None) -> None:
     if told is None:
         conn.respond(404, error_body("not_found", f"no channel {channel!r}"))
+    else:
+        conn.respond(200, encode_json({"channel": channel, "deleted": True, "subscribers": told}))
+
+
+async def _delete_later(conn: HttpConnection, channel: str, pending: Awaitable[int | None]) -> None:
+    try:
+        told = await pending
+    except BrokerUnavailable as exc:
+        conn.respond(503, error_body("broker_unavailable", str(exc)))
         return
-    conn.respond(200, encode_json({"channel": channel, "deleted": True, "subscribers": told}))
+    _answer_delete(conn, channel, told)

@@ -41,6 +41,6 @@ FORMAT = SSEFormat()
 
 def subscribe(app: App, request: Request, conn: HttpConnection, channels: tuple[str, ...]) -> None:
     query = params.query(request)
-    cursor = params.cursor(query, "last_event_id", "last_id", header="last-event-id", request=request)
+    cursor = params.cursor(query, "last_event_id", "last_id", header=b"last-event-id", request=request)
     batch = app.hub.read(channels, cursor, wall_clock_ms(), limit=None)
     Stream(app, conn, channels, FORMAT).begin(cursor, batch)

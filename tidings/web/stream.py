@@ -74,7 +74,7 @@ def subscribe(app: App, request: Request, conn: HttpConnection, channels: tuple[
     query = params.query(request)
     fmt: StreamFormat
     wanted = query.get("format")
-    if wanted == "html" or (wanted is None and "text/html" in request.headers.get("accept", "")):
+    if wanted == "html" or (wanted is None and "text/html" in request.header(b"accept")):
         fmt = HTML
     elif wanted in (None, "ndjson", "json"):
         fmt = NDJSON
