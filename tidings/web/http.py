@@ -178,7 +178,7 @@ class HttpConnection(asyncio.Protocol):
         self.deadline = 0.0
         self.held: Held | None = None
         self.request: Request | None = None  # the one being answered
-        self.pipeline: deque[Request] = deque()
+        self.pipeline: deque[Request] | None = None  # created when a client pipelines
         self.stopping = False
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -221,7 +221,7 @@ class HttpConnection(asyncio.Protocol):
         held, self.held = self.held, None
         if held is not None:
             held.release()
-        self.pipeline.clear()
+        self.pipeline = None
         self.transport = None
         self.app.connection_closed(self)
 
@@ -294,7 +294,9 @@ class HttpConnection(asyncio.Protocol):
         if self.state in (_IDLE, _READING):
             self._dispatch(request)
         elif self.state == _BUSY or self.state == _STREAMING:
-            if len(self.pipeline) >= self.limits.max_pipelined:
+            if self.pipeline is None:
+                self.pipeline = deque()
+            elif len(self.pipeline) >= self.limits.max_pipelined:
                 raise HttpError(429, "too_many_pipelined", "too many pipelined requests", True)
             self.pipeline.append(request)
 
