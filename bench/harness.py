@@ -180,7 +180,7 @@ def delivery(server_factory: Callable[[], Server], job_fields: dict[str, Any]) -
         "cpu_ms_per_1k_responses": cpu_ms / result["responses"] * 1000 if result["responses"] else 0.0,
         "cpu_ms_per_1k_publishes": cpu_ms / sent * 1000 if sent else 0.0,
         "rss_mib": rss / 1024,
-        "loadgen_cpu_s": result["loadgen_cpu_s"],
+        "loadgen_cpu_pct": 100 * result["loadgen_cpu_s"] / result["seconds"] if result["seconds"] else 0.0,
     }
     return metrics, result["cdf_ms"]
 

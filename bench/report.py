@@ -26,7 +26,14 @@ COLUMNS: dict[str, tuple[list[tuple[str, str, str]], str]] = {
         [("held", "held", "{:.0f}"), ("rss_mib", "RSS MiB", "{:.1f}"), ("kib_per_conn", "KiB/conn", "{:.2f}")],
         "kib_per_conn",
     ),
-    "B": ([*_DELIVERY, ("cpu_ms_per_1k_responses", "CPU-ms/1k resp", "{:.1f}")], "cpu_ms_per_1k"),
+    "B": (
+        [
+            *_DELIVERY,
+            ("cpu_ms_per_1k_responses", "CPU-ms/1k resp", "{:.1f}"),
+            ("loadgen_cpu_pct", "loadgen CPU %", "{:.0f}"),
+        ],
+        "cpu_ms_per_1k",
+    ),
     "C": ([*_DELIVERY, ("rss_mib", "RSS MiB", "{:.1f}")], "cpu_ms_per_1k"),
     "D": (
         [
