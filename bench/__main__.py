@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
+import json
 import resource
 import sys
 import tempfile
@@ -69,6 +71,8 @@ def main() -> int:
     print(text)
     name = f"{stamp}-{mode}" if mode != "full" else stamp
     (out / f"{name}.md").write_text(text + "\n")
+    raw = [dataclasses.asdict(r) for r in rows]  # every repetition, for re-plotting
+    (out / f"{name}.json").write_text(json.dumps(raw, indent=1) + "\n")
     if report.plot(rows, out / f"{name}.png", log):
         log(f"wrote {out / (name + '.md')} and {out / (name + '.png')}")
     # Correctness is asserted even here (timings never are): every message to every subscriber, once.

@@ -119,10 +119,14 @@ def plot(rows: list[Row], path: Path, log: Callable[[str], None]) -> bool:
                             label=f"{server} {transport}")  # fmt: skip
     rss_ax.set(xlabel="held subscribers", ylabel="server RSS (MiB)", title="A. Idle capacity")
     rss_ax.legend(fontsize=8)
+    cases = list(dict.fromkeys(r.case for r in rows if r.scenario == "B"))
+    colours = plt.get_cmap("tab10")
     for row in rows:
         if row.scenario == "B" and "cdf_ms" in row.extra:
             cdf = row.extra["cdf_ms"]
-            cdf_ax.plot(cdf, [p / 100 for p in range(len(cdf))], label=f"{row.server} {row.case}")
+            style = "--" if row.server == REFERENCE else "-"  # dashed: the reference server
+            colour = colours(cases.index(row.case) % 10)
+            cdf_ax.plot(cdf, [p / 100 for p in range(len(cdf))], style, color=colour, label=f"{row.server} {row.case}")
     cdf_ax.set(xlabel="publish → receive latency (ms)", ylabel="fraction of deliveries", title="B. Fan-out latency CDF")
     cdf_ax.set_xscale("log")
     cdf_ax.legend(fontsize=7)
