@@ -27,6 +27,8 @@ class TimeoutWheel:
     def add(self, item: Expiring, delay: float) -> int:
         """Expire `item` after `delay` seconds; returns the key `remove` needs."""
         key = math.ceil((self.loop.time() + delay) / self.tick)
+        if self._timer is not None:
+            key = max(key, self._next)  # never into a bucket already expired
         bucket = self.buckets.get(key)
         if bucket is None:
             bucket = self.buckets[key] = set()
