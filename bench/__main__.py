@@ -46,9 +46,7 @@ def main() -> int:
     skipped = [n for n in plan.idle_levels if n > most]
     if skipped:
         log(f"idle levels {skipped} skipped: the hard file-descriptor limit here is {hard}")
-        levels = [n for n in plan.idle_levels if n <= most]
-        if skipped and (not levels or levels[-1] < most):
-            levels.append(most)
+        levels = [*(n for n in plan.idle_levels if n <= most), most]
         plan = harness.Plan(levels, plan.fanout, plan.channels, plan.publish, plan.repeat)
     factories = {}
     for name in args.servers.split(","):

@@ -142,7 +142,9 @@ class LongPollClient(_Client):
                 extra = b"If-Modified-Since: %s\r\nIf-None-Match: %s\r\n" % (sub.modified, sub.etag)
             self.transport.write(b"GET /sub/%s HTTP/1.1\r\nHost: b\r\n%s\r\n" % (sub.channel.encode(), extra))
         else:
-            query = b"timeout=100&last_id=" + sub.cursor.encode() if sub.cursor else b"timeout=100"
+            # The first poll answers at once with a cursor; from then on nothing can be missed,
+            # however late a poll is held relative to the first publish.
+            query = b"timeout=100&last_id=" + sub.cursor.encode() if sub.cursor else b"timeout=0"
             self.transport.write(b"GET /sub/%s?%s HTTP/1.1\r\nHost: b\r\n\r\n" % (sub.channel.encode(), query))
 
     def on_message_begin(self) -> None:
@@ -351,7 +353,9 @@ async def run_delivery(job: Job) -> None:
     await open_subscribers(job, stats, subs)
     await wait_connected(stats, len(subs), 60)
     if job.transport == "longpoll" and job.flavour == "tidings":
-        await asyncio.sleep(0.5)  # the last polls to be held (Tidings answers at once otherwise)
+        deadline = time.monotonic() + 30
+        while any(not s.cursor for s in subs) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)  # every first poll has brought back its cursor
     emit("ready", connected=stats.connected, failed=stats.failed, seconds=time.monotonic() - started)
     if await read_command() != "go":
         return

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 from bench.procstat import process_tree
@@ -97,7 +96,7 @@ class Nchan(Server):
 
     def __init__(self) -> None:
         super().__init__()
-        self.dir = tempfile.mkdtemp(prefix="tidings-bench-nchan-")
+        self.dir = ""  # made at start, removed at stop
 
     def unavailable(self) -> str | None:
         if shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists():
@@ -107,6 +106,7 @@ class Nchan(Server):
         return None
 
     def command(self) -> list[str]:
+        self.dir = tempfile.mkdtemp(prefix="tidings-bench-nchan-")
         config = (HERE / "nchan.conf").read_text().format(dir=self.dir, port=self.port, buffer=BUFFER)
         path = Path(self.dir) / "nginx.conf"
         path.write_text(config)
@@ -115,18 +115,11 @@ class Nchan(Server):
 
     def stop(self) -> None:
         super().stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if self.dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 SERVERS = {
     "tidings": lambda: Tidings("memory"),
     "nchan": Nchan,
 }
-
-
-def healthy(server: Server) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/healthz", timeout=2) as answer:
-            return bool(answer.status == 200)
-    except OSError:
-        return False

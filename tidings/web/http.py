@@ -36,7 +36,6 @@ class Limits:
 
 class Request:
     __slots__ = (
-        "_headers",
         "body",
         "http11",
         "keep_alive",
@@ -217,7 +216,9 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = _CLOSING
-        self._cancel_timer()
+        if self.timer is not None:  # a pending handle would keep this connection alive until it fires
+            self.timer.cancel()
+            self.timer = None
         held, self.held = self.held, None
         if held is not None:
             held.release()
@@ -255,8 +256,8 @@ class HttpConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         for name, value in self._headers:
-            too_long = value.isdigit() and int(value) > self.limits.max_body_bytes
-            if too_long and len(name) == 14 and name.lower() == b"content-length":
+            is_length = len(name) == 14 and name.lower() == b"content-length"
+            if is_length and value.isdigit() and int(value) > self.limits.max_body_bytes:
                 raise self._body_too_large()
 
     def on_body(self, body: bytes) -> None:
@@ -324,11 +325,9 @@ class HttpConnection(asyncio.Protocol):
         if self.state != _BUSY or self.transport is None:
             return
         keep_alive = self.keep_alive
+        data = response_bytes(status, body, content_type, keep_alive, extra_headers)
         if self.request is not None and self.request.method == "HEAD":
-            data = response_bytes(status, body, content_type, keep_alive, extra_headers)
-            data = data[: len(data) - len(body)]
-        else:
-            data = response_bytes(status, body, content_type, keep_alive, extra_headers)
+            data = data[: len(data) - len(body)]  # the same headers, no body
         self.transport.write(data)
         self._finish(keep_alive)
 

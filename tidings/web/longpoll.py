@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tidings.hub import Batch, Message, MessageId, cursor_token, wall_clock_ms
+from tidings.hub import Message, MessageId, cursor_token, wall_clock_ms
 from tidings.web import params
 from tidings.web.http import HttpConnection, Request, error_body, response_bytes
 
@@ -14,21 +14,18 @@ if TYPE_CHECKING:
     from tidings.web.app import App
 
 
-def batch_body(channels: tuple[str, ...], batch: Batch) -> bytes:
+def poll_body(messages: list[Message], token: str, gap: bool = False) -> bytes:
+    """Every long-poll answer: the messages, the cursor to send next, whether some were missed."""
     return b'{"messages":[%s],"last_id":"%s","gap":%s}' % (
-        b",".join(m.json for m in batch.messages),
-        cursor_token(channels, batch.positions).encode(),
-        b"true" if batch.gaps else b"false",
+        b",".join(m.json for m in messages),
+        token.encode(),
+        b"true" if gap else b"false",
     )
-
-
-def _one_message_body(message: Message) -> bytes:
-    return b'{"messages":[%s],"last_id":"%s","gap":false}' % (message.json, str(message.id).encode())
 
 
 def _one_message_response(message: Message) -> bytes:
     # The same bytes for every single-channel keep-alive waiter woken by this message.
-    return response_bytes(200, _one_message_body(message))
+    return response_bytes(200, poll_body([message], str(message.id)))
 
 
 class LongPoll:
@@ -66,11 +63,7 @@ class LongPoll:
             conn.respond_raw(message.frame("longpoll", _one_message_response), True)
             return
         self.positions[message.channel] = message.id
-        body = b'{"messages":[%s],"last_id":"%s","gap":false}' % (
-            message.json,
-            cursor_token(self.channels, self.positions).encode(),
-        )
-        conn.respond(200, body)
+        conn.respond(200, poll_body([message], cursor_token(self.channels, self.positions)))
 
     def channel_closed(self, channel: str) -> None:
         self._leave()
@@ -78,8 +71,7 @@ class LongPoll:
 
     def _answer_empty(self) -> None:
         self._leave()
-        body = b'{"messages":[],"last_id":"%s","gap":false}' % cursor_token(self.channels, self.positions).encode()
-        self.conn.respond(200, body)
+        self.conn.respond(200, poll_body([], cursor_token(self.channels, self.positions)))
 
     def expire(self) -> None:
         self.timeout_key = None
@@ -101,7 +93,7 @@ def subscribe(app: App, request: Request, conn: HttpConnection, channels: tuple[
     timeout = params.seconds(query, "timeout", app.settings.poll_timeout, app.settings.max_poll_timeout)
     batch = app.hub.read(channels, cursor, wall_clock_ms())
     if batch.messages or batch.gaps or timeout == 0 or conn.stopping:
-        conn.respond(200, batch_body(channels, batch))
+        conn.respond(200, poll_body(batch.messages, cursor_token(channels, batch.positions), bool(batch.gaps)))
         return
     waiter = LongPoll(app, conn, channels, batch.positions, timeout)
     app.hub.wait(channels, waiter)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import parse_qsl
 
 from tidings.brokers import BrokerUnavailable, Published
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from tidings.web.app import App
 
 log = logging.getLogger("tidings")
+T = TypeVar("T")
 
 
 def message_data(request: Request) -> JSONValue:
@@ -48,15 +49,40 @@ def message_data(request: Request) -> JSONValue:
 
 def publish(app: App, request: Request, conn: HttpConnection, channel: str) -> None:
     validate_channel(channel)
+    data = message_data(request)
+    _answer(app, conn, lambda: app.broker.publish(channel, data), lambda result: _answer_publish(conn, result))
+
+
+def delete(app: App, request: Request, conn: HttpConnection, channel: str) -> None:
+    validate_channel(channel)
+    _answer(app, conn, lambda: app.broker.delete(channel), lambda told: _answer_delete(conn, channel, told))
+
+
+def _answer(app: App, conn: HttpConnection, call: Callable[[], T | Awaitable[T]], answer: Callable[[T], None]) -> None:
+    """Run a broker call and answer with its result: at once when the broker answered at
+    once, from a task when it returned an awaitable. Every failure gets an answer."""
     try:
-        result = app.broker.publish(channel, message_data(request))
+        result = call()
     except BrokerUnavailable as exc:
         conn.respond(503, error_body("broker_unavailable", str(exc)))
         return
-    if isinstance(result, Published):
-        _answer_publish(conn, result)
+    if isinstance(result, Awaitable):
+        app.spawn(_answer_later(conn, result, answer))
     else:
-        app.spawn(_publish_later(conn, result))
+        answer(result)
+
+
+async def _answer_later(conn: HttpConnection, pending: Awaitable[T], answer: Callable[[T], None]) -> None:
+    try:
+        result = await pending
+    except BrokerUnavailable as exc:
+        conn.respond(503, error_body("broker_unavailable", str(exc)))
+        return
+    except Exception:
+        log.exception("broker call failed")
+        conn.respond(500, error_body("internal_error", "the broker call failed"))
+        return
+    answer(result)
 
 
 def _answer_publish(conn: HttpConnection, result: Published) -> None:
@@ -69,43 +95,8 @@ def _answer_publish(conn: HttpConnection, result: Published) -> None:
     conn.respond(201 if result.subscribers else 202, body)
 
 
-async def _publish_later(conn: HttpConnection, pending: Awaitable[Published]) -> None:
-    try:
-        result = await pending
-    except BrokerUnavailable as exc:
-        conn.respond(503, error_body("broker_unavailable", str(exc)))
-        return
-    except Exception:
-        log.exception("publish failed")
-        conn.respond(500, error_body("internal_error", "the publish failed"))
-        return
-    _answer_publish(conn, result)
-
-
-def delete(app: App, request: Request, conn: HttpConnection, channel: str) -> None:
-    validate_channel(channel)
-    try:
-        result = app.broker.delete(channel)
-    except BrokerUnavailable as exc:
-        conn.respond(503, error_body("broker_unavailable", str(exc)))
-        return
-    if isinstance(result, Awaitable):
-        app.spawn(_delete_later(conn, channel, result))
-    else:
-        _answer_delete(conn, channel, result)
-
-
 def _answer_delete(conn: HttpConnection, channel: str, told: int | None) -> None:
     if told is None:
         conn.respond(404, error_body("not_found", f"no channel {channel!r}"))
     else:
         conn.respond(200, encode_json({"channel": channel, "deleted": True, "subscribers": told}))
-
-
-async def _delete_later(conn: HttpConnection, channel: str, pending: Awaitable[int | None]) -> None:
-    try:
-        told = await pending
-    except BrokerUnavailable as exc:
-        conn.respond(503, error_body("broker_unavailable", str(exc)))
-        return
-    _answer_delete(conn, channel, told)

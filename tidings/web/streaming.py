@@ -49,7 +49,7 @@ def event_json(name: str, payload: dict[str, object]) -> bytes:
 class Stream:
     """A stream subscriber held on one connection."""
 
-    __slots__ = ("app", "build", "channels", "conn", "fmt", "pending", "pending_bytes", "positions", "registry")
+    __slots__ = ("app", "build", "channels", "conn", "fmt", "pending", "positions", "registry")
 
     def __init__(self, app: App, conn: HttpConnection, channels: tuple[str, ...], fmt: StreamFormat) -> None:
         self.registry = app.streams
@@ -59,7 +59,6 @@ class Stream:
         self.fmt = fmt
         self.positions: dict[str, MessageId] = {}
         self.pending: list[bytes] = []
-        self.pending_bytes = 0
         # Multi-channel cursors differ per stream; a single channel's frames are shared.
         self.build: Callable[[Message], bytes] = (
             self._frame_with_cursor if fmt.cursor_in_frames and len(channels) > 1 else self._shared_frame
@@ -92,7 +91,6 @@ class Stream:
         if not self.pending:
             self.app.batcher.schedule(self)
         self.pending.append(data)
-        self.pending_bytes += len(data)
 
     def deliver(self, message: Message) -> None:
         self.push(self.build(message))
@@ -102,7 +100,6 @@ class Stream:
             return
         data = b"".join(self.pending)
         self.pending.clear()
-        self.pending_bytes = 0
         if self.conn.write_buffer_size() + len(data) > self.registry.max_unsent:
             self._drop_slow()
             return
