@@ -157,23 +157,14 @@ class Cursor:
         self.positions = positions or {}
         self.oldest = oldest
 
-    @classmethod
-    def parse(cls, token: str | None) -> Cursor:
+    @staticmethod
+    def parse(token: str | None) -> Cursor:
+        """The cursor a token stands for. Cursors are shared (see `_parse_cursor`): never mutate one."""
         if token is None or token == "":
             return NOW
-        if token == OLDEST:
-            return cls(oldest=True)
-        if ":" not in token:
-            return cls(MessageId.parse(token))
-        positions: dict[str, MessageId] = {}
-        for part in token.split(","):
-            name, sep, pos = part.rpartition(":")
-            if not sep or CHANNEL_NAME.fullmatch(name) is None:
-                raise InvalidCursor(f"not a cursor: {token[:60]!r}")
-            positions[name] = MessageId.parse(pos)
-        if len(positions) > MAX_CHANNELS_PER_REQUEST:
-            raise InvalidCursor("cursor names too many channels")
-        return cls(positions=positions)
+        if len(token) > _CACHED_TOKEN_CHARS:
+            return _parse_cursor.__wrapped__(token)
+        return _parse_cursor(token)
 
     def position(self, channel: str) -> MessageId | None:
         """None means "from now on"."""
@@ -183,6 +174,25 @@ class Cursor:
 
 
 NOW: Final = Cursor()
+_CACHED_TOKEN_CHARS: Final = 256  # longer tokens are parsed each time (the cache stays small)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_cursor(token: str) -> Cursor:
+    # After a fan-out every subscriber polls again with the same token: parse it once.
+    if token == OLDEST:
+        return Cursor(oldest=True)
+    if ":" not in token:
+        return Cursor(MessageId.parse(token))
+    positions: dict[str, MessageId] = {}
+    for part in token.split(","):
+        name, sep, pos = part.rpartition(":")
+        if not sep or CHANNEL_NAME.fullmatch(name) is None:
+            raise InvalidCursor(f"not a cursor: {token[:60]!r}")
+        positions[name] = MessageId.parse(pos)
+    if len(positions) > MAX_CHANNELS_PER_REQUEST:
+        raise InvalidCursor("cursor names too many channels")
+    return Cursor(positions=positions)
 
 
 def cursor_token(channels: Sequence[str], positions: dict[str, MessageId]) -> str:

@@ -91,6 +91,21 @@ def test_a_client_trickling_headers_is_dropped(start_server: Callable[..., Serve
     asyncio.run(scenario())
 
 
+def test_a_request_split_over_many_reads_is_answered(server: ServerProcess, channel: str) -> None:
+    async def scenario() -> None:
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        data = f"POST /pub/{channel} HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello".encode()
+        for i in range(len(data)):  # one byte per write; the server sees many reads
+            writer.write(data[i : i + 1])
+            await writer.drain()
+        async with asyncio.timeout(5):
+            head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 202 ")
+        writer.close()
+
+    asyncio.run(scenario())
+
+
 def test_idle_keep_alive_connections_are_closed(start_server: Callable[..., ServerProcess]) -> None:
     srv = start_server("--keepalive-timeout", "0.3")
 

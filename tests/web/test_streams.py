@@ -242,3 +242,26 @@ def test_a_stream_that_stops_reading_is_dropped_not_buffered_forever(
         writer.close()
 
     asyncio.run(scenario())
+
+
+def test_http10_sse_is_close_delimited_and_messages_arrive_unchunked(server: ServerProcess, channel: str) -> None:
+    async def scenario() -> None:
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        writer.write(f"GET /sse/{channel} HTTP/1.0\r\n\r\n".encode())
+        received = b""
+        async with asyncio.timeout(5):
+            while b": tidings\n\n" not in received:
+                received += await reader.read(65536)
+        await wait_subscribed(server, channel, 1)
+        first = await publish(server, channel, "one")
+        second = await publish(server, channel, "two")
+        async with asyncio.timeout(5):
+            while f"id: {second}".encode() not in received:
+                received += await reader.read(65536)
+        head, _, body = received.partition(b"\r\n\r\n")
+        assert b"Transfer-Encoding" not in head and b"Connection: close" in head
+        assert body.startswith(b": tidings\n\n")
+        assert f'id: {first}\ndata: {{"id":"{first}"'.encode() in body  # no chunk-size lines
+        writer.close()
+
+    asyncio.run(scenario())

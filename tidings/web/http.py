@@ -142,6 +142,7 @@ def chunk(data: bytes) -> bytes:
 
 
 _LAST_CHUNK = b"0\r\n\r\n"
+_METHODS = {m.encode(): m for m in ("GET", "POST", "DELETE", "HEAD", "OPTIONS", "PUT")}
 _IDLE, _READING, _BUSY, _STREAMING, _CLOSING = range(5)
 
 
@@ -151,6 +152,7 @@ class HttpConnection(asyncio.Protocol):
         "_body_size",
         "_header_bytes",
         "_headers",
+        "_reading_timed",
         "_url",
         "app",
         "deadline",
@@ -184,6 +186,7 @@ class HttpConnection(asyncio.Protocol):
         self._header_bytes = 0
         self._body: list[bytes] = []
         self._body_size = 0
+        self._reading_timed = False
 
     # -- asyncio callbacks
 
@@ -198,6 +201,11 @@ class HttpConnection(asyncio.Protocol):
             return
         try:
             self.parser.feed_data(data)
+            if self.state == _READING and not self._reading_timed:
+                # A request still incomplete after this read: from now on it has a deadline.
+                # (Most arrive whole in one read and never pay for a timer.)
+                self._reading_timed = True
+                self._set_timer(self.limits.request_timeout)
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, HttpError):
@@ -236,7 +244,7 @@ class HttpConnection(asyncio.Protocol):
         self._body_size = 0
         if self.state == _IDLE:
             self.state = _READING
-            self._set_timer(self.limits.request_timeout)
+            self._reading_timed = False
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -275,17 +283,19 @@ class HttpConnection(asyncio.Protocol):
         url = self._url
         if url.startswith(b"/"):  # origin form, as good as every request
             path, _, query = url.partition(b"?")
-            query, _, _ = query.partition(b"#")
+            if b"#" in query:
+                query = query.partition(b"#")[0]
         else:
             parsed = httptools.parse_url(url)
             path, query = parsed.path or b"/", parsed.query or b""
         try:
+            method = self.parser.get_method()
             request = Request(
-                self.parser.get_method().decode("ascii", "replace"),
+                _METHODS.get(method) or method.decode("ascii", "replace"),
                 path.decode("utf-8"),
                 query.decode("utf-8"),
                 self._headers,
-                b"".join(self._body),
+                b"".join(self._body) if self._body else b"",
                 self.parser.should_keep_alive(),
                 self.parser.get_http_version() == "1.1",
             )
@@ -381,13 +391,19 @@ class HttpConnection(asyncio.Protocol):
         )
         self.transport.write(head + self._frame(preamble) if preamble else head)
 
-    def _frame(self, data: bytes) -> bytes:
-        assert self.request is not None
-        return chunk(data) if self.request.http11 else data
+    @property
+    def chunked(self) -> bool:
+        """Whether this connection's stream is sent in HTTP chunks (HTTP/1.1) or until close."""
+        return self.request is not None and self.request.http11
 
-    def write_stream(self, data: bytes) -> None:
-        if self.state == _STREAMING and self.transport is not None and data:
-            self.transport.write(self._frame(data))
+    def _frame(self, data: bytes) -> bytes:
+        return chunk(data) if self.chunked else data
+
+    def write_stream(self, framed: bytes) -> None:
+        """Send stream bytes already framed for this connection (see `chunked`): on fan-out a
+        message is framed once for all chunked streams, and consecutive chunks concatenate."""
+        if self.state == _STREAMING and self.transport is not None and framed:
+            self.transport.write(framed)
 
     def end_stream(self, final: bytes = b"") -> None:
         """Finish a stream; the connection closes, since a client that sent more requests

@@ -24,8 +24,21 @@ def poll_body(messages: list[Message], token: str, gap: bool = False) -> bytes:
 
 
 def _one_message_response(message: Message) -> bytes:
-    # The same bytes for every single-channel keep-alive waiter woken by this message.
     return response_bytes(200, poll_body([message], str(message.id)))
+
+
+def answer(
+    conn: HttpConnection,
+    channels: tuple[str, ...],
+    messages: list[Message],
+    positions: dict[str, MessageId],
+    gap: bool = False,
+) -> None:
+    if len(messages) == 1 and len(channels) == 1 and not gap and conn.keep_alive:
+        # The common answer after a fan-out, built once and shared by every subscriber of the channel.
+        conn.respond_raw(messages[0].frame("longpoll", _one_message_response), True)
+    else:
+        conn.respond(200, poll_body(messages, cursor_token(channels, positions), gap))
 
 
 class LongPoll:
@@ -56,14 +69,9 @@ class LongPoll:
 
     def flush(self) -> None:
         message, self.woken_by = self.woken_by, None
-        if message is None:
-            return
-        conn = self.conn
-        if len(self.channels) == 1 and conn.keep_alive:
-            conn.respond_raw(message.frame("longpoll", _one_message_response), True)
-            return
-        self.positions[message.channel] = message.id
-        conn.respond(200, poll_body([message], cursor_token(self.channels, self.positions)))
+        if message is not None:
+            self.positions[message.channel] = message.id
+            answer(self.conn, self.channels, [message], self.positions)
 
     def channel_closed(self, channel: str) -> None:
         self._leave()
@@ -93,7 +101,7 @@ def subscribe(app: App, request: Request, conn: HttpConnection, channels: tuple[
     timeout = params.seconds(query, "timeout", app.settings.poll_timeout, app.settings.max_poll_timeout)
     batch = app.hub.read(channels, cursor, wall_clock_ms())
     if batch.messages or batch.gaps or timeout == 0 or conn.stopping:
-        conn.respond(200, poll_body(batch.messages, cursor_token(channels, batch.positions), bool(batch.gaps)))
+        answer(conn, channels, batch.messages, batch.positions, bool(batch.gaps))
         return
     waiter = LongPoll(app, conn, channels, batch.positions, timeout)
     app.hub.wait(channels, waiter)

@@ -2,18 +2,31 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping
 from urllib.parse import unquote_plus
 
 from tidings.hub import Cursor
 from tidings.web.http import HttpError, Request
 
+_NO_PARAMS: Mapping[str, str] = {}
+_CACHED_QUERY_CHARS = 256
 
-def query(request: Request) -> dict[str, str]:
-    """The query parameters (the last of repeated ones); percent-decoding only where needed."""
+
+def query(request: Request) -> Mapping[str, str]:
+    """The query parameters (the last of repeated ones); percent-decoding only where needed.
+    Shared between requests with the same query string: read, never modify."""
+    text = request.query_string
+    if not text:
+        return _NO_PARAMS
+    if len(text) > _CACHED_QUERY_CHARS:
+        return _parse_query(text)
+    return _parse_query_cached(text)
+
+
+def _parse_query(text: str) -> dict[str, str]:
     params: dict[str, str] = {}
-    if not request.query_string:
-        return params
-    for part in request.query_string.split("&"):
+    for part in text.split("&"):
         key, _, value = part.partition("=")
         if "%" in part or "+" in part:
             try:
@@ -26,7 +39,11 @@ def query(request: Request) -> dict[str, str]:
     return params
 
 
-def cursor(params: dict[str, str], *names: str, header: bytes = b"", request: Request | None = None) -> Cursor:
+# Long-poll clients repeat the same few query strings (same cursor after each fan-out).
+_parse_query_cached = functools.lru_cache(maxsize=1024)(_parse_query)
+
+
+def cursor(params: Mapping[str, str], *names: str, header: bytes = b"", request: Request | None = None) -> Cursor:
     """The cursor from the first of the named parameters present (or the header)."""
     token: str | None = None
     if header and request is not None:
@@ -38,7 +55,7 @@ def cursor(params: dict[str, str], *names: str, header: bytes = b"", request: Re
     return Cursor.parse(token)
 
 
-def seconds(params: dict[str, str], name: str, default: float, maximum: float) -> float:
+def seconds(params: Mapping[str, str], name: str, default: float, maximum: float) -> float:
     text = params.get(name)
     if text is None:
         return default

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from tidings.hub import ZERO_ID, Batch, Cursor, Message, MessageId, cursor_token
+from tidings.web.http import chunk
 
 if TYPE_CHECKING:
     from tidings.web.app import App
@@ -29,11 +30,17 @@ class StreamFormat:
     heartbeat = b""
     cursor_in_frames = False  # whether each message frame carries the resume cursor
 
+    def __init__(self) -> None:
+        self.chunk_key = self.key + "/chunk"  # names the cached framing as an HTTP chunk
+
     def preamble(self) -> bytes:
         return b""
 
     def message(self, message: Message) -> bytes:
         raise NotImplementedError
+
+    def message_chunk(self, message: Message) -> bytes:
+        return chunk(self.message(message))
 
     def message_with_cursor(self, message: Message, token: str) -> bytes:
         return self.message(message)
@@ -49,7 +56,7 @@ def event_json(name: str, payload: dict[str, object]) -> bytes:
 class Stream:
     """A stream subscriber held on one connection."""
 
-    __slots__ = ("app", "build", "channels", "conn", "fmt", "pending", "positions", "registry")
+    __slots__ = ("app", "build", "channels", "chunked", "conn", "fmt", "pending", "positions", "registry")
 
     def __init__(self, app: App, conn: HttpConnection, channels: tuple[str, ...], fmt: StreamFormat) -> None:
         self.registry = app.streams
@@ -58,22 +65,28 @@ class Stream:
         self.channels = channels
         self.fmt = fmt
         self.positions: dict[str, MessageId] = {}
-        self.pending: list[bytes] = []
+        self.pending: list[bytes] = []  # bytes framed for the connection, to send this turn
+        self.chunked = False
         # Multi-channel cursors differ per stream; a single channel's frames are shared.
         self.build: Callable[[Message], bytes] = (
             self._frame_with_cursor if fmt.cursor_in_frames and len(channels) > 1 else self._shared_frame
         )
 
     def _shared_frame(self, message: Message) -> bytes:
+        # Framed once per message for every stream alike: as an HTTP chunk, or bare for HTTP/1.0.
+        if self.chunked:
+            return message.frame(self.fmt.chunk_key, self.fmt.message_chunk)
         return message.frame(self.fmt.key, self.fmt.message)
 
     def _frame_with_cursor(self, message: Message) -> bytes:
         self.positions[message.channel] = message.id
-        return self.fmt.message_with_cursor(message, cursor_token(self.channels, self.positions))
+        data = self.fmt.message_with_cursor(message, cursor_token(self.channels, self.positions))
+        return chunk(data) if self.chunked else data
 
     def begin(self, cursor: Cursor, batch: Batch) -> None:
         """Send the headers, any gap and the backlog after the cursor, then join the hub."""
         fmt = self.fmt
+        self.chunked = False  # the backlog goes out unframed, as the stream's preamble
         parts = [fmt.preamble()]
         if batch.gaps:
             parts.append(fmt.event("gap", {"channels": batch.gaps}))
@@ -83,23 +96,29 @@ class Stream:
         parts.extend(self.build(m) for m in batch.messages)
         self.positions = dict(batch.positions)
         self.conn.start_stream(fmt.content_type, preamble=b"".join(parts))
+        self.chunked = self.conn.chunked
         self.conn.hold(self)
         self.app.hub.join(self.channels, self)
         self.registry.add(self)
 
     def push(self, data: bytes) -> None:
+        """Send `data` (not yet framed) at the end of this loop turn."""
+        self._queue(chunk(data) if self.chunked else data)
+
+    def _queue(self, framed: bytes) -> None:
         if not self.pending:
             self.app.batcher.schedule(self)
-        self.pending.append(data)
+        self.pending.append(framed)
 
     def deliver(self, message: Message) -> None:
-        self.push(self.build(message))
+        self._queue(self.build(message))
 
     def flush(self) -> None:
-        if not self.pending:
+        pending = self.pending
+        if not pending:
             return
-        data = b"".join(self.pending)
-        self.pending.clear()
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        pending.clear()
         if self.conn.write_buffer_size() + len(data) > self.registry.max_unsent:
             self._drop_slow()
             return
