@@ -205,3 +205,57 @@ def test_a_cursor_from_before_this_hub_started_is_a_gap() -> None:
     hub = make_hub()
     assert hub.read(["x"], Cursor(default=MessageId(T0 - 1, 0)), T0 + 1).gaps == ["x"]
     assert hub.read(["x"], Cursor(default=hub.floor), T0 + 1).gaps == []
+
+
+def test_a_live_message_reaches_subscribers_but_moves_no_cursor() -> None:
+    hub = Hub(now_ms=T0)
+    stored = publish(hub, "c", "kept", T0 + 1)
+    waiter, stream = Recorder(), Recorder()
+    hub.wait(["c"], waiter)
+    hub.join(["c"], stream)
+    live = Message(MessageId(T0 + 5, 0), "c", "passing", T0 + 5, live=True)
+    assert hub.ingest(live, T0 + 5) == 2
+    assert waiter.woken == [live] and stream.woken == [live]
+    assert live.id == stored.id  # the cursor it carries is the last stored one
+    assert b'"id":null' in live.json
+    batch = hub.read(["c"], Cursor.parse("oldest"), T0 + 6)
+    assert batch.messages == [stored]  # not buffered
+    after = publish(hub, "c", "next", T0 + 7)
+    assert after.id > stored.id
+
+
+def test_backfill_puts_older_history_back_and_ingests_newer() -> None:
+    # A node whose bus subscription began at T0+100 knows nothing before; the broker's
+    # history fills that in, and what is newer than the node's last id is delivered.
+    hub = Hub(now_ms=T0 + 100, buffer_size=10)
+    old = [Message(MessageId(T0 + i, 0), "c", i, T0 + i) for i in (10, 20, 30)]
+    cursor = Cursor.parse(f"{T0 + 10}-0")
+    batch = hub.read(["c"], cursor, T0 + 101)
+    assert batch.incomplete == ["c"] and batch.gaps == ["c"] and batch.messages == []
+    waiter = Recorder()
+    hub.wait(["c"], waiter)
+    newer = Message(MessageId(T0 + 150, 0), "c", "new", T0 + 150)
+    hub.backfill("c", [*old[1:], newer], MessageId(T0 + 10, 0), T0 + 151)
+    assert waiter.woken == [newer]
+    batch = hub.read(["c"], cursor, T0 + 151)
+    assert batch.gaps == [] and batch.incomplete == []
+    assert [m.data for m in batch.messages] == [20, 30, "new"]
+    # `oldest` before the history's start is incomplete (worth asking the broker) but no gap.
+    batch = hub.read(["c"], Cursor.parse("oldest"), T0 + 151)
+    assert batch.incomplete == ["c"] and batch.gaps == []
+
+
+def test_backfill_keeps_the_buffer_bound() -> None:
+    hub = Hub(now_ms=T0 + 100, buffer_size=2)
+    old = [Message(MessageId(T0 + i, 0), "c", i, T0 + i) for i in (10, 20, 30)]
+    hub.backfill("c", old, MessageId(T0, 0), T0 + 101)
+    batch = hub.read(["c"], Cursor.parse(f"{T0}-0"), T0 + 101)
+    assert [m.data for m in batch.messages] == [20, 30] and batch.gaps == ["c"]
+
+
+def test_rebase_raises_the_floor_for_channels_not_seen() -> None:
+    hub = Hub(now_ms=T0)
+    hub.rebase(MessageId(T0 + 50, 0))
+    hub.rebase(MessageId(T0 + 10, 0))  # never lowers
+    assert hub.read(["new"], Cursor.parse(f"{T0 + 20}-0"), T0 + 60).gaps == ["new"]
+    assert hub.read(["new"], Cursor.parse(f"{T0 + 50}-0"), T0 + 60).gaps == []

@@ -18,7 +18,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple, Protocol
 
 JSONValue = Any
@@ -103,18 +103,24 @@ def encode_json(value: JSONValue) -> bytes:
 class Message:
     """One published message. Its JSON form is encoded once and shared by every subscriber;
     transports cache their own framings of it in `framed`. `channel` must already be a
-    valid channel name (see `validate_channel`)."""
+    valid channel name (see `validate_channel`).
 
-    __slots__ = ("channel", "data", "framed", "id", "json", "time")
+    A `live` message (one published on the bus without going through a broker's history,
+    e.g. a plain Redis PUBLISH) is delivered to current subscribers only: it is not
+    buffered, has no id of its own (`"id": null`) and carries the channel's last id as
+    `id`, so that cursors neither move nor break because of it."""
 
-    def __init__(self, id: MessageId, channel: str, data: JSONValue, time: int) -> None:
+    __slots__ = ("channel", "data", "framed", "id", "json", "live", "time")
+
+    def __init__(self, id: MessageId, channel: str, data: JSONValue, time: int, live: bool = False) -> None:
         self.id = id
         self.channel = channel
         self.data = data
         self.time = time
+        self.live = live
         # Only `data` needs a JSON encoder: channel names are validated characters, ids digits.
-        self.json = b'{"id":"%s","channel":"%s","data":%s,"time":%d}' % (
-            str(id).encode(),
+        self.json = b'{"id":%s,"channel":"%s","data":%s,"time":%d}' % (
+            b"null" if live else b'"%s"' % str(id).encode(),
             channel.encode(),
             encode_json(data),
             time,
@@ -127,9 +133,6 @@ class Message:
         if encoded is None:
             encoded = self.framed[key] = build(self)
         return encoded
-
-    def as_dict(self) -> dict[str, JSONValue]:
-        return {"id": str(self.id), "channel": self.channel, "data": self.data, "time": self.time}
 
     def __repr__(self) -> str:
         return f"Message({self.id}, {self.channel!r}, {self.data!r})"
@@ -274,13 +277,17 @@ class Channel:
 
 @dataclass(slots=True)
 class Batch:
-    """The answer to a read: messages after the cursor, the cursor to send next, and the
-    channels on which messages after the cursor are no longer buffered."""
+    """The answer to a read: messages after the cursor, the cursor to send next, the
+    channels on which messages after the cursor are no longer buffered (`gaps`), and the
+    channels on which this hub's buffer does not reach back to the cursor (`incomplete`:
+    the gaps, and `oldest` reads of channels buffered here only since some point) — a
+    broker with history of its own can fill those in (see `backfill`)."""
 
     messages: list[Message]
     positions: dict[str, MessageId]
     gaps: list[str]
     more: bool = False
+    incomplete: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,10 +354,13 @@ class Hub:
         """Store `message` and hand it to every subscriber of its channel. Returns how many
         subscribers it reached. A message not newer than the channel's last id is dropped."""
         ch = self.channel(message.channel)
-        if message.id <= ch.last_id:
+        if message.live:
+            message.id = ch.last_id
+        elif message.id <= ch.last_id:
             return 0
-        ch.expire(now_ms, self.ttl_ms)
-        ch.append(message, self.buffer_size)
+        else:
+            ch.expire(now_ms, self.ttl_ms)
+            ch.append(message, self.buffer_size)
         reached = 0
         waiters = ch.waiters
         if waiters:
@@ -381,6 +391,31 @@ class Hub:
             stream.channel_closed(name)
         return reached
 
+    def backfill(self, name: str, history: Sequence[Message], complete_after: MessageId, now_ms: int) -> None:
+        """Merge a broker's history of channel `name`: `history` holds, oldest first, every
+        message the broker has with an id above `complete_after`. Messages newer than the
+        channel's last id are ingested (delivered to subscribers as usual); older ones this
+        hub lacks go back into the buffer, so that reads reach back to `complete_after`."""
+        ch = self.channel(name)
+        if complete_after < ch.horizon:
+            older = [m for m in history if complete_after < m.id <= ch.horizon]
+            ring = ch.ring
+            if ring is None:
+                ring = ch.ring = deque()
+            ring.extendleft(reversed(older))
+            ch.horizon = complete_after
+            while len(ring) > self.buffer_size:
+                ch.horizon = ring.popleft().id
+        for message in history:
+            if message.id > ch.last_id:
+                self.ingest(message, now_ms)
+        ch.expire(now_ms, self.ttl_ms)
+
+    def rebase(self, floor: MessageId) -> None:
+        """This hub knows every message from `floor` on (e.g. a bus subscription began then):
+        channels it has not seen start there."""
+        self.floor = max(self.floor, floor)
+
     # -- reading
 
     def read(
@@ -393,23 +428,23 @@ class Hub:
         """Messages after `cursor` on `names`, oldest first (at most `limit`), and the cursor
         that continues from exactly there. Never creates channels."""
         positions: dict[str, MessageId] = {}
-        gaps: list[str] = []
+        incomplete: list[str] = []
         pending: list[Message] = []
         for name in names:
             ch = self.channels.get(name)
             start = cursor.position(name)
             if ch is None:
                 last = self.tombstones.get(name, self.floor)
-                if start is not None and start < last and not cursor.oldest:
-                    gaps.append(name)
+                if start is not None and start < last:
+                    incomplete.append(name)
                 positions[name] = last
                 continue
             ch.expire(now_ms, self.ttl_ms)
             if start is None:
                 positions[name] = ch.last_id
                 continue
-            if start < ch.horizon and not cursor.oldest:
-                gaps.append(name)
+            if start < ch.horizon:
+                incomplete.append(name)
             newer = ch.after(start)
             pending.extend(newer)
             # With nothing pending, continue from the channel's newest id (not from a
@@ -423,7 +458,9 @@ class Hub:
             del pending[limit:]
         for message in pending:
             positions[message.channel] = message.id
-        return Batch(pending, positions, gaps, more)
+        # `oldest` asks for whatever is buffered: nothing counts as missed.
+        gaps = [] if cursor.oldest else incomplete
+        return Batch(pending, positions, gaps, more, incomplete)
 
     def wait(self, names: Iterable[str], waiter: Waiter) -> None:
         for name in names:

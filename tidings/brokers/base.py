@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable
 from dataclasses import dataclass
 
-from tidings.hub import Hub, JSONValue, MessageId
+from tidings.hub import ChannelInfo, Cursor, Hub, JSONValue, MessageId
 
 
 class BrokerUnavailable(RuntimeError):
@@ -52,5 +52,16 @@ class Broker(ABC):
 
     @abstractmethod
     def delete(self, channel: str) -> int | Awaitable[int | None] | None:
-        """Delete a channel everywhere; the number of local subscribers told, None if the
+        """Delete a channel everywhere; the number of subscribers told, None if the
         channel did not exist."""
+
+    def info(self, channel: str, now_ms: int) -> ChannelInfo | Awaitable[ChannelInfo]:
+        """A channel's subscribers (over every process on the bus), buffered count, last id."""
+        return self.hub.info(channel, now_ms)
+
+    # A broker that keeps history of its own (beyond this process's buffers) fills in
+    # reads the hub cannot answer completely.
+    keeps_history = False
+
+    async def fill(self, channels: list[str], cursor: Cursor) -> None:
+        """Load the history after `cursor` on `channels` into the hub (`Hub.backfill`)."""

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
-from tidings.brokers import Broker
+from tidings.brokers import Broker, BrokerUnavailable
 from tidings.config import Settings
-from tidings.hub import Hub, TidingsError, parse_channels, wall_clock_ms
+from tidings.hub import DEFAULT_BATCH, Batch, Cursor, Hub, TidingsError, parse_channels, wall_clock_ms
 from tidings.web import info, longpoll, publish, sse, static, stream
 from tidings.web.batch import TurnBatcher
-from tidings.web.http import HttpConnection, HttpError, Limits, Request
+from tidings.web.http import HttpConnection, HttpError, Limits, Request, error_body
 from tidings.web.streaming import StreamRegistry
 from tidings.web.wheel import TimeoutWheel
 
 log = logging.getLogger("tidings")
+T = TypeVar("T")
 
 
 class App:
@@ -71,6 +72,72 @@ class App:
         task = self.loop.create_task(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+
+    def call_broker(
+        self, conn: HttpConnection, call: Callable[[], T | Awaitable[T]], answer: Callable[[T], None]
+    ) -> None:
+        """Run a broker call and answer with its result: at once when the broker answered at
+        once, from a task when it returned an awaitable. Every failure gets an answer."""
+        try:
+            result = call()
+        except BrokerUnavailable as exc:
+            conn.respond(503, error_body("broker_unavailable", str(exc)))
+            return
+        if isinstance(result, Awaitable):
+            self.spawn(self._answer_later(conn, result, answer))
+        else:
+            answer(result)
+
+    async def _answer_later(self, conn: HttpConnection, pending: Awaitable[T], answer: Callable[[T], None]) -> None:
+        try:
+            result = await pending
+        except BrokerUnavailable as exc:
+            conn.respond(503, error_body("broker_unavailable", str(exc)))
+            return
+        except Exception:
+            log.exception("broker call failed")
+            conn.respond(500, error_body("internal_error", "the broker call failed"))
+            return
+        answer(result)
+
+    def read(
+        self,
+        conn: HttpConnection,
+        channels: tuple[str, ...],
+        cursor: Cursor,
+        then: Callable[[Batch], None],
+        limit: int | None = DEFAULT_BATCH,
+    ) -> None:
+        """Read after `cursor` and continue with `then(batch)`: at once from this process's
+        buffers, or — when they do not reach back to the cursor and the broker keeps history
+        — after the broker has filled them in. With the broker unreachable, the local answer
+        stands (a gap at worst)."""
+        batch = self.hub.read(channels, cursor, wall_clock_ms(), limit)
+        if batch.incomplete and self.broker.keeps_history:
+            self.spawn(self._read_through(conn, channels, cursor, then, limit, batch.incomplete))
+        else:
+            then(batch)
+
+    async def _read_through(
+        self,
+        conn: HttpConnection,
+        channels: tuple[str, ...],
+        cursor: Cursor,
+        then: Callable[[Batch], None],
+        limit: int | None,
+        incomplete: list[str],
+    ) -> None:
+        try:
+            await self.broker.fill(incomplete, cursor)
+        except BrokerUnavailable as exc:
+            log.debug("history not available, answering from local buffers: %s", exc)
+        if conn.closed:
+            return
+        try:
+            then(self.hub.read(channels, cursor, wall_clock_ms(), limit))
+        except Exception:
+            log.exception("error while answering a read")
+            conn.respond_error(HttpError(500, "internal_error", "the server failed to handle the request"))
 
     # -- routing
 

@@ -326,6 +326,10 @@ class HttpConnection(asyncio.Protocol):
             self.respond_error(HttpError(500, "internal_error", "the server failed to handle the request"))
 
     @property
+    def closed(self) -> bool:
+        return self.transport is None or self.state == _CLOSING
+
+    @property
     def keep_alive(self) -> bool:
         request = self.request
         return request is not None and request.keep_alive and not self.stopping

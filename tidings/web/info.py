@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tidings.hub import encode_json, validate_channel, wall_clock_ms
+from tidings.hub import ChannelInfo, encode_json, validate_channel, wall_clock_ms
 from tidings.web.http import HttpConnection
 
 if TYPE_CHECKING:
@@ -12,7 +12,11 @@ if TYPE_CHECKING:
 
 
 def channel(app: App, conn: HttpConnection, name: str) -> None:
-    info = app.hub.info(validate_channel(name), wall_clock_ms())
+    validate_channel(name)
+    app.call_broker(conn, lambda: app.broker.info(name, wall_clock_ms()), lambda info: _answer_info(conn, info))
+
+
+def _answer_info(conn: HttpConnection, info: ChannelInfo) -> None:
     body = {
         "channel": info.channel,
         "subscribers": info.subscribers,

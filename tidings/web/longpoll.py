@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tidings.hub import Message, MessageId, cursor_token, wall_clock_ms
+from tidings.hub import Batch, Message, MessageId, cursor_token
 from tidings.web import params
 from tidings.web.http import HttpConnection, Request, error_body, response_bytes
 
@@ -99,10 +99,13 @@ def subscribe(app: App, request: Request, conn: HttpConnection, channels: tuple[
     query = params.query(request)
     cursor = params.cursor(query, "last_id")
     timeout = params.seconds(query, "timeout", app.settings.poll_timeout, app.settings.max_poll_timeout)
-    batch = app.hub.read(channels, cursor, wall_clock_ms())
-    if batch.messages or batch.gaps or timeout == 0 or conn.stopping:
-        answer(conn, channels, batch.messages, batch.positions, bool(batch.gaps))
-        return
-    waiter = LongPoll(app, conn, channels, batch.positions, timeout)
-    app.hub.wait(channels, waiter)
-    conn.hold(waiter)
+
+    def answer_or_wait(batch: Batch) -> None:
+        if batch.messages or batch.gaps or timeout == 0 or conn.stopping:
+            answer(conn, channels, batch.messages, batch.positions, bool(batch.gaps))
+            return
+        waiter = LongPoll(app, conn, channels, batch.positions, timeout)
+        app.hub.wait(channels, waiter)
+        conn.hold(waiter)
+
+    app.read(conn, channels, cursor, answer_or_wait)

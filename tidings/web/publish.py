@@ -4,20 +4,15 @@ subscriptions. Both go through the broker, so they reach every process on the bu
 from __future__ import annotations
 
 import json
-import logging
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
-from tidings.brokers import BrokerUnavailable, Published
+from tidings.brokers import Published
 from tidings.hub import JSONValue, encode_json, validate_channel
 from tidings.web.http import HttpConnection, HttpError, Request, error_body
 
 if TYPE_CHECKING:
     from tidings.web.app import App
-
-log = logging.getLogger("tidings")
-T = TypeVar("T")
 
 
 def message_data(request: Request) -> JSONValue:
@@ -50,39 +45,12 @@ def message_data(request: Request) -> JSONValue:
 def publish(app: App, request: Request, conn: HttpConnection, channel: str) -> None:
     validate_channel(channel)
     data = message_data(request)
-    _answer(app, conn, lambda: app.broker.publish(channel, data), lambda result: _answer_publish(conn, result))
+    app.call_broker(conn, lambda: app.broker.publish(channel, data), lambda result: _answer_publish(conn, result))
 
 
 def delete(app: App, request: Request, conn: HttpConnection, channel: str) -> None:
     validate_channel(channel)
-    _answer(app, conn, lambda: app.broker.delete(channel), lambda told: _answer_delete(conn, channel, told))
-
-
-def _answer(app: App, conn: HttpConnection, call: Callable[[], T | Awaitable[T]], answer: Callable[[T], None]) -> None:
-    """Run a broker call and answer with its result: at once when the broker answered at
-    once, from a task when it returned an awaitable. Every failure gets an answer."""
-    try:
-        result = call()
-    except BrokerUnavailable as exc:
-        conn.respond(503, error_body("broker_unavailable", str(exc)))
-        return
-    if isinstance(result, Awaitable):
-        app.spawn(_answer_later(conn, result, answer))
-    else:
-        answer(result)
-
-
-async def _answer_later(conn: HttpConnection, pending: Awaitable[T], answer: Callable[[T], None]) -> None:
-    try:
-        result = await pending
-    except BrokerUnavailable as exc:
-        conn.respond(503, error_body("broker_unavailable", str(exc)))
-        return
-    except Exception:
-        log.exception("broker call failed")
-        conn.respond(500, error_body("internal_error", "the broker call failed"))
-        return
-    answer(result)
+    app.call_broker(conn, lambda: app.broker.delete(channel), lambda told: _answer_delete(conn, channel, told))
 
 
 def _answer_publish(conn: HttpConnection, result: Published) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-from tidings.hub import Message, wall_clock_ms
+from tidings.hub import Message
 from tidings.web import params
 from tidings.web.http import HttpConnection, Request
 from tidings.web.streaming import Stream, StreamFormat
@@ -42,5 +42,5 @@ FORMAT = SSEFormat()
 def subscribe(app: App, request: Request, conn: HttpConnection, channels: tuple[str, ...]) -> None:
     query = params.query(request)
     cursor = params.cursor(query, "last_event_id", "last_id", header=b"last-event-id", request=request)
-    batch = app.hub.read(channels, cursor, wall_clock_ms(), limit=None)
-    Stream(app, conn, channels, FORMAT).begin(cursor, batch)
+    stream = Stream(app, conn, channels, FORMAT)
+    app.read(conn, channels, cursor, lambda batch: stream.begin(cursor, batch), limit=None)

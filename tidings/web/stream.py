@@ -8,7 +8,7 @@ import html
 import json
 from typing import TYPE_CHECKING
 
-from tidings.hub import Message, wall_clock_ms
+from tidings.hub import Message
 from tidings.web import params
 from tidings.web.http import HttpConnection, HttpError, Request
 from tidings.web.streaming import Stream, StreamFormat, event_json
@@ -81,5 +81,5 @@ def subscribe(app: App, request: Request, conn: HttpConnection, channels: tuple[
     else:
         raise HttpError(400, "invalid_parameter", "format must be ndjson or html")
     cursor = params.cursor(query, "last_id")
-    batch = app.hub.read(channels, cursor, wall_clock_ms(), limit=None)
-    Stream(app, conn, channels, fmt).begin(cursor, batch)
+    stream = Stream(app, conn, channels, fmt)
+    app.read(conn, channels, cursor, lambda batch: stream.begin(cursor, batch), limit=None)
