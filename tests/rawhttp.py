@@ -136,3 +136,32 @@ async def request(host: str, port: int, method: str, path: str, body: bytes = b"
         return await conn.request(method, path, body, **kw)
     finally:
         conn.close()
+
+
+def sse_events(raw: bytes) -> list[dict[str, str]]:
+    """Parse complete SSE events (comments dropped)."""
+    events = []
+    for block in raw.decode().split("\n\n")[:-1]:
+        fields: dict[str, str] = {}
+        for line in block.split("\n"):
+            if line.startswith(":") or not line:
+                continue
+            key, _, value = line.partition(": ")
+            fields[key] = value
+        if fields:
+            events.append(fields)
+    return events
+
+
+async def read_events(conn: Connection, until: str, timeout: float = 10) -> list[dict[str, str]]:
+    """Read SSE events until one whose data or id contains `until` is complete."""
+    raw = b""
+    async with asyncio.timeout(timeout):
+        while True:
+            piece = await conn.read_chunk(timeout)
+            if not piece:
+                raise AssertionError(f"stream ended before {until!r}; got {raw[-500:]!r}")
+            raw += piece
+            events = sse_events(raw)
+            if any(until in e.get("data", "") or until == e.get("id") for e in events):
+                return events

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import http.client
 import json
@@ -21,7 +22,8 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 _HELP = {
     "host": "address to listen on",
     "port": "port to listen on (also PORT)",
-    "broker": "message bus: memory",
+    "broker": "message bus: memory, or redis://host:port/db to share channels between processes",
+    "redis_prefix": "prefix of the Redis pub/sub channels and keys Tidings uses",
     "buffer_size": "messages kept per channel",
     "buffer_ttl": "seconds a message stays buffered",
     "max_message_bytes": "largest accepted message body",
@@ -113,10 +115,47 @@ def publish_one(server: Server, channel: str, message: str, as_json: bool) -> di
     return body
 
 
+class RedisPublisher:
+    """Publishes straight into Redis, with the same history and ids as a publish through
+    any server on that Redis (no server needed)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from tidings.brokers.redis import RedisStore
+
+        self.runner = asyncio.Runner()
+        self.store = RedisStore(args.redis, args.redis_prefix, args.buffer_size, args.buffer_ttl)
+
+    def publish(self, channel: str, message: str, as_json: bool) -> dict[str, Any]:
+        from tidings.brokers import BrokerUnavailable
+        from tidings.hub import TidingsError, encode_json, validate_channel
+
+        try:
+            data = json.loads(message) if as_json else message
+            validate_channel(channel)
+            ident, subscribers = self.runner.run(self.store.publish(channel, encode_json(data)))
+        except (ValueError, TidingsError, BrokerUnavailable) as exc:
+            raise Failure(str(exc)) from None
+        return {"id": str(ident), "channel": channel, "subscribers": subscribers}
+
+    def close(self) -> None:
+        self.runner.run(self.store.close())
+        self.runner.close()
+
+
 def cmd_publish(args: argparse.Namespace) -> int:
+    if args.redis:
+        redis = RedisPublisher(args)
+        try:
+            return _publish_loop(args, redis.publish)
+        finally:
+            redis.close()
     server = Server(args.url)
+    return _publish_loop(args, lambda channel, message, as_json: publish_one(server, channel, message, as_json))
+
+
+def _publish_loop(args: argparse.Namespace, publish: Callable[[str, str, bool], dict[str, Any]]) -> int:
     if args.message is not None:
-        print(json.dumps(publish_one(server, args.channel, args.message, args.json)))
+        print(json.dumps(publish(args.channel, args.message, args.json)))
         return 0
     interactive = sys.stdin.isatty()
     while True:
@@ -126,7 +165,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
             return 0
         if interactive and line.strip() == "quit":
             return 0
-        result = publish_one(server, args.channel, line, args.json)
+        result = publish(args.channel, line, args.json)
         if interactive:
             print(f"published {result['id']} to {result['subscribers']} subscriber(s)")
 
@@ -176,6 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("message", nargs="?", help="without it: read lines (a typed 'quit' ends)")
     publish.add_argument("--url", default=url_default, help=url_help)
     publish.add_argument("--json", action="store_true", help="send the message as JSON, not text")
+    publish.add_argument("--redis", metavar="URL", help="publish straight into this Redis instead of through a server")
+    defaults = Settings()
+    publish.add_argument("--redis-prefix", default=defaults.redis_prefix, help="with --redis: the servers' prefix")
+    publish.add_argument("--buffer-size", type=int, default=defaults.buffer_size, help="with --redis: history kept")
+    publish.add_argument("--buffer-ttl", type=float, default=defaults.buffer_ttl, help="with --redis: history TTL (s)")
 
     subscribe = commands.add_parser("subscribe", help="print each message as a JSON line")
     subscribe.add_argument("channels", help="one channel or several, comma-separated")

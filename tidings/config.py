@@ -10,6 +10,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     broker: str = "memory"
+    redis_prefix: str = "tidings:"  # Redis pub/sub channels and keys start with this
     buffer_size: int = 100  # messages kept per channel
     buffer_ttl: float = 3600.0  # seconds a message stays in the buffer
     max_message_bytes: int = 65536

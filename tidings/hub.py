@@ -412,9 +412,10 @@ class Hub:
         ch.expire(now_ms, self.ttl_ms)
 
     def rebase(self, floor: MessageId) -> None:
-        """This hub knows every message from `floor` on (e.g. a bus subscription began then):
-        channels it has not seen start there."""
-        self.floor = max(self.floor, floor)
+        """This hub receives every message with an id from `floor` on (a bus subscription
+        began then, in the bus's clock, which may be behind this process's): channels it
+        has not seen start there."""
+        self.floor = floor
 
     # -- reading
 

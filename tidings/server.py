@@ -27,7 +27,7 @@ def raise_fd_limit() -> None:
 async def serve(settings: Settings, on_ready: Callable[[str, int], None] | None = None) -> None:
     loop = asyncio.get_running_loop()
     hub = Hub(buffer_size=settings.buffer_size, buffer_ttl=settings.buffer_ttl, now_ms=wall_clock_ms())
-    broker = create_broker(settings.broker, hub)
+    broker = create_broker(settings, hub)
     await broker.start()
     app = App(settings, hub, broker, loop)
     server = await loop.create_server(

@@ -9,36 +9,7 @@ from collections.abc import Callable
 
 import httpx
 from conftest import ServerProcess, subscribers, wait_until
-from rawhttp import Connection, request
-
-
-def sse_events(raw: bytes) -> list[dict[str, str]]:
-    """Parse complete SSE events (comments dropped)."""
-    events = []
-    for block in raw.decode().split("\n\n")[:-1]:
-        fields: dict[str, str] = {}
-        for line in block.split("\n"):
-            if line.startswith(":") or not line:
-                continue
-            key, _, value = line.partition(": ")
-            fields[key] = value
-        if fields:
-            events.append(fields)
-    return events
-
-
-async def read_events(conn: Connection, until: str, timeout: float = 10) -> list[dict[str, str]]:
-    """Read SSE events until one whose data or id contains `until` is complete."""
-    raw = b""
-    async with asyncio.timeout(timeout):
-        while True:
-            piece = await conn.read_chunk(timeout)
-            if not piece:
-                raise AssertionError(f"stream ended before {until!r}; got {raw[-500:]!r}")
-            raw += piece
-            events = sse_events(raw)
-            if any(until in e.get("data", "") or until == e.get("id") for e in events):
-                return events
+from rawhttp import Connection, read_events, request, sse_events
 
 
 async def publish(srv: ServerProcess, channel: str, data: object) -> str:

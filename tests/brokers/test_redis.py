@@ -1,0 +1,201 @@
+"""The Redis broker: several Tidings processes on one real redis-server behave as one."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+
+import httpx
+import pytest
+from conftest import RedisProcess, ServerProcess, wait_until
+from rawhttp import Connection, read_events, request
+
+Cluster = Callable[..., list[ServerProcess]]
+
+
+@pytest.fixture
+def prefix() -> str:
+    return "t" + uuid.uuid4().hex[:8] + ":"
+
+
+@pytest.fixture
+def cluster(start_server: Callable[..., ServerProcess], redis_server: RedisProcess, prefix: str) -> Cluster:
+    """`cluster(n, *flags, redis=...)`: n Tidings processes on one Redis, sharing a key prefix."""
+
+    def start(count: int, *flags: str, redis: RedisProcess = redis_server) -> list[ServerProcess]:
+        return [start_server("--broker", redis.url, "--redis-prefix", prefix, *flags) for _ in range(count)]
+
+    return start
+
+
+def publish(node: ServerProcess, channel: str, data: object) -> httpx.Response:
+    return httpx.post(f"{node.url}/pub/{channel}", json=data, timeout=10)
+
+
+def poll(node: ServerProcess, channel: str, cursor: str | None, timeout: float = 0) -> dict[str, object]:
+    params = {"timeout": str(timeout), **({"last_id": cursor} if cursor else {})}
+    answer = httpx.get(f"{node.url}/sub/{channel}", params=params, timeout=timeout + 10)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert isinstance(body, dict)
+    return body
+
+
+async def collect_longpoll(node: ServerProcess, channel: str, cursor: str, count: int) -> list[object]:
+    """Long-poll from `cursor` until `count` messages arrived; their data, in order."""
+    conn = await Connection.open(node.host, node.port)
+    got: list[object] = []
+    async with asyncio.timeout(20):
+        while len(got) < count:
+            answer = await conn.request("GET", f"/sub/{channel}?timeout=10&last_id={cursor}")
+            body = answer.json()
+            got += [m["data"] for m in body["messages"]]
+            cursor = body["last_id"]
+    conn.close()
+    return got
+
+
+def test_three_nodes_deliver_everything_in_order_on_every_transport(cluster: Cluster, channel: str) -> None:
+    a, b, c = cluster(3)
+
+    async def scenario() -> None:
+        cursor = str(poll(b, channel, None)["last_id"])
+        sse = await Connection.open(c.host, c.port)
+        await sse.start_stream(f"/sse/{channel}")  # headers sent: subscribed
+        ndjson = await Connection.open(c.host, c.port)
+        await ndjson.start_stream(f"/stream/{channel}")
+        longpoll = asyncio.create_task(collect_longpoll(b, channel, cursor, 20))
+        for i in range(20):
+            answer = await request(a.host, a.port, "POST", f"/pub/{channel}", json.dumps(i).encode(),
+                                   headers={"Content-Type": "application/json"})  # fmt: skip
+            assert answer.status in (201, 202), answer.body
+        events = await read_events(sse, '"data":19')
+        assert [json.loads(e["data"])["data"] for e in events] == list(range(20))
+        raw = await ndjson.read_until(b'"data":19')
+        lines = [line for line in raw.split(b"\n") if line.startswith(b'{"id"')]
+        assert [json.loads(line)["data"] for line in lines] == list(range(20))
+        assert await longpoll == list(range(20))
+        sse.close()
+        ndjson.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_client_resumes_on_another_node_with_exactly_what_it_missed(cluster: Cluster, channel: str) -> None:
+    a, b = cluster(2, "--buffer-size", "5")
+    cursor = str(poll(a, channel, None)["last_id"])
+    ids = [publish(a, channel, f"m{i}").json()["id"] for i in range(3)]
+    # B has seen these live; ask it for a cursor from before B existed to force history reads too.
+    resumed = poll(b, channel, cursor)
+    assert [m["data"] for m in resumed["messages"]] == ["m0", "m1", "m2"]  # type: ignore[index]
+    assert resumed["last_id"] == ids[-1] and resumed["gap"] is False
+    # A third node that started after the messages were published reads them from Redis.
+    (late,) = cluster(1, "--buffer-size", "5")
+    from_late = poll(late, channel, cursor)
+    assert [m["data"] for m in from_late["messages"]] == ["m0", "m1", "m2"]  # type: ignore[index]
+    assert from_late["gap"] is False
+    assert poll(late, channel, ids[0])["messages"] == resumed["messages"][1:]  # type: ignore[index]
+    # Past the history (5 kept): a gap, and the 5 that are left.
+    for i in range(3, 8):
+        publish(a, channel, f"m{i}")
+    (later,) = cluster(1, "--buffer-size", "5")
+    past = poll(later, channel, cursor)
+    assert past["gap"] is True
+    assert [m["data"] for m in past["messages"]] == [f"m{i}" for i in range(3, 8)]  # type: ignore[index]
+    assert poll(later, channel, "oldest")["gap"] is False
+
+
+def test_redis_cli_publish_reaches_an_sse_subscriber(cluster: Cluster, redis_server: RedisProcess, prefix: str,
+                                                      channel: str) -> None:  # fmt: skip
+    (node,) = cluster(1)
+
+    async def scenario() -> None:
+        stored = publish(node, channel, "stored").json()["id"]
+        sse = await Connection.open(node.host, node.port)
+        await sse.start_stream(f"/sse/{channel}", headers={"Last-Event-ID": stored})
+        assert redis_server.cli("PUBLISH", prefix + channel, "hello") == "1"
+        [event] = await read_events(sse, '"hello"')
+        message = json.loads(event["data"])
+        assert message["data"] == "hello" and message["id"] is None and message["channel"] == channel
+        assert event["id"] == stored  # a live message moves no cursor
+        assert redis_server.cli("PUBLISH", prefix + channel, '{"nick":"cli","text":"hi"}') == "1"
+        [event] = await read_events(sse, '"nick"')
+        assert json.loads(event["data"])["data"] == {"nick": "cli", "text": "hi"}
+        # Not kept in history: a poll from the stored message's id finds nothing new.
+        assert poll(node, channel, stored)["messages"] == []
+        sse.close()
+
+    asyncio.run(scenario())
+
+
+def test_nodes_ride_out_a_redis_restart(cluster: Cluster, own_redis: RedisProcess, channel: str) -> None:
+    a, b = cluster(2, redis=own_redis)
+
+    async def scenario() -> None:
+        before = publish(a, channel, "before").json()["id"]
+        sse = await Connection.open(b.host, b.port)
+        await sse.start_stream(f"/sse/{channel}", headers={"Last-Event-ID": before})
+        own_redis.kill()
+        failed = publish(a, channel, "during")
+        assert failed.status_code == 503 and failed.json()["error"] == "broker_unavailable"
+        for node in (a, b):
+            wait_until(lambda n=node: httpx.get(f"{n.url}/healthz").status_code == 503, 10, "healthz to report 503")
+        # Held connections are still served meanwhile.
+        assert httpx.get(f"{b.url}/sub/{channel}?timeout=0&last_id={before}", timeout=10).status_code == 200
+        own_redis.start()
+        for node in (a, b):
+            wait_until(lambda n=node: httpx.get(f"{n.url}/healthz").status_code == 200, 20, "the node to reconnect")
+        after = [publish(a, channel, f"after{i}").json()["id"] for i in range(3)]
+        events = await read_events(sse, '"after2"')
+        assert [json.loads(e["data"])["data"] for e in events] == ["after0", "after1", "after2"]
+        assert [e["id"] for e in events] == after
+        resumed = poll(b, channel, before)
+        assert [m["data"] for m in resumed["messages"]] == ["after0", "after1", "after2"]  # type: ignore[index]
+        sse.close()
+
+    asyncio.run(scenario())
+    for node in (a, b):
+        assert node.log().count("Redis unavailable") == 1, node.log()  # one line per state change
+
+
+def test_a_killed_nodes_subscribers_drop_out_of_the_count(cluster: Cluster, channel: str) -> None:
+    a, b = cluster(2)
+
+    async def scenario() -> None:
+        conns = [await Connection.open(a.host, a.port) for _ in range(3)]
+        for conn in conns:
+            conn.send("GET", f"/sub/{channel}?timeout=60")
+
+        def count() -> int:
+            value = httpx.get(f"{b.url}/channels/{channel}").json()["subscribers"]
+            assert isinstance(value, int)
+            return value
+
+        await asyncio.to_thread(wait_until, lambda: count() == 3, 10, "B to count A's 3 subscribers")
+        a.proc.kill()  # SIGKILL: no goodbye
+        took = await asyncio.to_thread(wait_until, lambda: count() == 0, 15, "A's share to disappear")
+        assert took <= 10  # documented: gone within 6 s of A's last report, which is at most 2 s old
+        for conn in conns:
+            conn.close()
+
+    asyncio.run(scenario())
+
+
+def test_cli_publishes_straight_into_redis(cluster: Cluster, redis_server: RedisProcess, prefix: str,
+                                           channel: str) -> None:  # fmt: skip
+    (node,) = cluster(1)
+    cursor = str(poll(node, channel, None)["last_id"])
+    result = subprocess.run(
+        [sys.executable, "-m", "tidings", "publish", "--redis", redis_server.url, "--redis-prefix", prefix,
+         channel, "from the command line"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    published = json.loads(result.stdout)
+    answer = poll(node, channel, cursor, timeout=5)
+    assert [m["data"] for m in answer["messages"]] == ["from the command line"]  # type: ignore[index]
+    assert answer["last_id"] == published["id"]
