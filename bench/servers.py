@@ -89,6 +89,50 @@ class Tidings(Server):
         ]  # fmt: skip
 
 
+class TidingsRedis(Tidings):
+    """Tidings on the Redis broker with a private redis-server, pinned with it and counted
+    as part of the server (its CPU and RSS are the price of scaling out)."""
+
+    def __init__(self) -> None:
+        self.redis_port = free_port()
+        super().__init__(f"redis://127.0.0.1:{self.redis_port}/0")
+        self.redis: subprocess.Popen[bytes] | None = None
+        self.redis_dir = ""
+
+    def unavailable(self) -> str | None:
+        if shutil.which("redis-server") is None:
+            return "redis-server is not installed (Debian: apt-get install redis-server)"
+        return None
+
+    def start(self) -> None:
+        self.redis_dir = tempfile.mkdtemp(prefix="tidings-bench-redis-")
+        self.redis = subprocess.Popen(
+            ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+             "no", "--dir", self.redis_dir],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_pin,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.redis_port), timeout=0.5):
+                    break
+            except OSError:
+                time.sleep(0.05)
+        super().start()
+
+    def pids(self) -> list[int]:
+        assert self.redis is not None
+        return super().pids() + process_tree(self.redis.pid)
+
+    def stop(self) -> None:
+        super().stop()
+        if self.redis is not None and self.redis.poll() is None:
+            self.redis.terminate()
+            self.redis.wait(10)
+        if self.redis_dir:
+            shutil.rmtree(self.redis_dir, ignore_errors=True)
+
+
 class Nchan(Server):
     name = "nchan"
     flavour = "nchan"
@@ -121,5 +165,6 @@ class Nchan(Server):
 
 SERVERS = {
     "tidings": lambda: Tidings("memory"),
+    "tidings-redis": TidingsRedis,
     "nchan": Nchan,
 }

@@ -199,3 +199,28 @@ def test_cli_publishes_straight_into_redis(cluster: Cluster, redis_server: Redis
     answer = poll(node, channel, cursor, timeout=5)
     assert [m["data"] for m in answer["messages"]] == ["from the command line"]  # type: ignore[index]
     assert answer["last_id"] == published["id"]
+
+
+def test_delete_on_one_node_ends_subscriptions_on_every_node(cluster: Cluster, channel: str) -> None:
+    a, b = cluster(2)
+
+    async def scenario() -> None:
+        publish(a, channel, "kept")
+        sse = await Connection.open(b.host, b.port)
+        await sse.start_stream(f"/sse/{channel}")
+        held = await Connection.open(a.host, a.port)
+        held.send("GET", f"/sub/{channel}?timeout=30")
+        await asyncio.to_thread(
+            wait_until, lambda: httpx.get(f"{a.url}/channels/{channel}").json()["subscribers"] == 2, 10,
+            "both subscribers to be counted",
+        )  # fmt: skip
+        deleted = httpx.delete(f"{a.url}/pub/{channel}")
+        assert deleted.status_code == 200 and deleted.json()["subscribers"] == 2
+        assert b"event: closed" in await sse.read_until(b"event: closed")
+        assert (await held.response()).status == 410
+        assert poll(b, channel, "oldest")["messages"] == []  # the history went with it
+        assert httpx.delete(f"{b.url}/pub/{channel}").status_code == 404
+        sse.close()
+        held.close()
+
+    asyncio.run(scenario())

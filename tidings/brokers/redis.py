@@ -130,6 +130,8 @@ _DELETE = (
     + """
 local existed = redis.call('DEL', KEYS[1])
 local told = subscribers(KEYS[2], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
+-- Every subscriber is about to be told: no process counts any for this channel now.
+for _, node in ipairs(redis.call('SMEMBERS', KEYS[2])) do redis.call('HDEL', ARGV[2] .. node, ARGV[3]) end
 redis.call('PUBLISH', ARGV[1], '\\1')
 return {existed, told}
 """
@@ -302,9 +304,7 @@ class RedisBroker(Broker):
 
     async def delete(self, channel: str) -> int | None:
         existed, told = await self.store.delete(channel, self.node, self._local_count(channel))
-        if not existed and not told and self.hub.get(channel) is None:
-            return None
-        return told
+        return told if existed or told else None
 
     async def info(self, channel: str, now_ms: int) -> ChannelInfo:
         length, last, subscribers = await self.store.info(channel, self.node, self._local_count(channel))
