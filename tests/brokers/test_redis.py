@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable
 
@@ -109,20 +111,21 @@ def test_a_client_resumes_on_another_node_with_exactly_what_it_missed(cluster: C
     assert poll(later, channel, "oldest")["gap"] is False
 
 
-def test_redis_cli_publish_reaches_an_sse_subscriber(cluster: Cluster, redis_server: RedisProcess, prefix: str,
-                                                      channel: str) -> None:  # fmt: skip
-    (node,) = cluster(1)
+def test_redis_cli_publish_reaches_an_sse_subscriber(start_server: Callable[..., ServerProcess],
+                                                      own_redis: RedisProcess) -> None:  # fmt: skip
+    node = start_server("--broker", own_redis.url)  # the default prefix, tidings:
+    channel = "chat"
 
     async def scenario() -> None:
         stored = publish(node, channel, "stored").json()["id"]
         sse = await Connection.open(node.host, node.port)
         await sse.start_stream(f"/sse/{channel}", headers={"Last-Event-ID": stored})
-        assert redis_server.cli("PUBLISH", prefix + channel, "hello") == "1"
+        assert own_redis.cli("PUBLISH", "tidings:chat", "hello") == "1"
         [event] = await read_events(sse, '"hello"')
         message = json.loads(event["data"])
         assert message["data"] == "hello" and message["id"] is None and message["channel"] == channel
         assert event["id"] == stored  # a live message moves no cursor
-        assert redis_server.cli("PUBLISH", prefix + channel, '{"nick":"cli","text":"hi"}') == "1"
+        assert own_redis.cli("PUBLISH", "tidings:chat", '{"nick":"cli","text":"hi"}') == "1"
         [event] = await read_events(sse, '"nick"')
         assert json.loads(event["data"])["data"] == {"nick": "cli", "text": "hi"}
         # Not kept in history: a poll from the stored message's id finds nothing new.
@@ -224,3 +227,19 @@ def test_delete_on_one_node_ends_subscriptions_on_every_node(cluster: Cluster, c
         held.close()
 
     asyncio.run(scenario())
+
+
+def test_a_hung_redis_is_noticed_and_publishes_do_not_hang(cluster: Cluster, own_redis: RedisProcess,
+                                                           channel: str) -> None:  # fmt: skip
+    (node,) = cluster(1, redis=own_redis)
+    assert own_redis.proc is not None
+    own_redis.proc.send_signal(signal.SIGSTOP)  # accepts nothing, answers nothing, closes nothing
+    try:
+        started = time.monotonic()
+        answer = publish(node, channel, "into the void")
+        assert answer.status_code == 503 and time.monotonic() - started < 8
+        wait_until(lambda: httpx.get(f"{node.url}/healthz").status_code == 503, 15, "the node to notice")
+    finally:
+        own_redis.proc.send_signal(signal.SIGCONT)
+    wait_until(lambda: httpx.get(f"{node.url}/healthz").status_code == 200, 15, "the node to recover")
+    assert publish(node, channel, "back").status_code in (201, 202)

@@ -28,6 +28,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from tidings.brokers.base import Broker, BrokerUnavailable, Published
@@ -54,6 +55,7 @@ STORED = b"\x00"  # payload of a message with history: \x00<id>\x00<data as JSON
 DELETED = b"\x01"  # payload announcing a channel's deletion
 RESYNC_BATCH = 100  # channels caught up at once after a reconnect
 MAX_SEQ = 2**64 - 1  # the largest sequence number in a Redis stream id
+LIVENESS_INTERVAL = 5.0  # a quiet subscription is PINGed after this, and dropped if still quiet
 
 # Sum of the subscriber counts other processes reported for a channel, plus the caller's own
 # (exact) count. Processes are listed in a set; their count hashes expire.
@@ -349,9 +351,18 @@ class RedisBroker(Broker):
                 self._subscribed_once.set()
                 log.info("Redis %s: subscribed to %s*", self.store.url, self.store.prefix)
                 state, backoff = "up", 0.1
+                pinged = False
                 while True:
-                    message = await pubsub.get_message(timeout=None)
-                    if message is not None and message["type"] == "pmessage":
+                    message = await pubsub.get_message(timeout=LIVENESS_INTERVAL)
+                    if message is None:
+                        # Quiet: a Redis that hangs (no FIN, no RST) must not go unnoticed.
+                        if pinged:
+                            raise RedisConnectionError(f"no answer to PING within {LIVENESS_INTERVAL:g} s")
+                        await pubsub.ping()
+                        pinged = True
+                        continue
+                    pinged = False
+                    if message["type"] == "pmessage":
                         self._receive(message["channel"], message["data"])
             except (RedisError, BrokerUnavailable, OSError) as exc:
                 self.subscribed = False
