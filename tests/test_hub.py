@@ -24,10 +24,12 @@ class Recorder:
         self.woken: list[Message] = []
         self.closed: list[str] = []
 
-    def wake(self, message: Message) -> None:
+    def wake(self, message: Message) -> bool:
         self.woken.append(message)
+        return True
 
-    deliver = wake
+    def deliver(self, message: Message) -> None:
+        self.woken.append(message)
 
     def channel_closed(self, channel: str) -> None:
         self.closed.append(channel)
@@ -262,3 +264,30 @@ def test_rebase_moves_the_floor_for_channels_not_seen() -> None:
     assert hub.ingest(message, T0 + 60) == 0 and hub.read(["new"], Cursor.parse("oldest"), T0 + 61).messages == [
         message
     ]
+
+
+class Declining(Recorder):
+    """A long-poll whose client already has messages up to `seen`."""
+
+    def __init__(self, seen: MessageId) -> None:
+        super().__init__()
+        self.seen = seen
+
+    def wake(self, message: Message) -> bool:
+        return message.id > self.seen and super().wake(message)
+
+
+def test_following_a_bus_a_cursor_ahead_of_the_hub_is_kept() -> None:
+    # The client saw message 5 on another process; this hub has not received it yet.
+    lagging = Hub(now_ms=T0, follows_bus=True)
+    ahead = Cursor.parse(f"{T0 + 5}-0")
+    assert lagging.read(["c"], ahead, T0 + 1).positions == {"c": MessageId(T0 + 5, 0)}
+    waiter = Declining(MessageId(T0 + 5, 0))
+    lagging.wait(["c"], waiter)
+    seen = Message(MessageId(T0 + 5, 0), "c", "seen", T0 + 5)
+    assert lagging.ingest(seen, T0 + 6) == 0 and waiter.woken == []  # declined, still waiting
+    new = Message(MessageId(T0 + 7, 0), "c", "new", T0 + 7)
+    assert lagging.ingest(new, T0 + 7) == 1 and waiter.woken == [new]
+    # Without a bus, a cursor ahead means the clock went back: continue from the hub's last id.
+    alone = Hub(now_ms=T0)
+    assert alone.read(["c"], ahead, T0 + 1).positions == {"c": MessageId(T0, 0)}

@@ -206,9 +206,10 @@ def cursor_token(channels: Sequence[str], positions: dict[str, MessageId]) -> st
 
 class Waiter(Protocol):
     """A one-shot subscriber (a held long-poll): woken by the first message on any of its
-    channels, after which the hub has already removed it from that channel."""
+    channels, after which the hub has already removed it from that channel — unless `wake`
+    returns False (a message it has already seen, see `Hub.follows_bus`): it then stays."""
 
-    def wake(self, message: Message) -> None: ...
+    def wake(self, message: Message) -> bool: ...
 
     def channel_closed(self, channel: str) -> None: ...
 
@@ -299,13 +300,22 @@ class ChannelInfo:
 
 
 class Hub:
-    def __init__(self, *, buffer_size: int = 100, buffer_ttl: float = 3600.0, now_ms: int) -> None:
+    """`follows_bus`: this hub is fed by a bus it shares with other processes, so a client
+    may hold a cursor ahead of this hub's last id (it saw a message elsewhere that has not
+    arrived here yet). Reads then continue from such a cursor, and subscribers decline the
+    messages up to it when they arrive. Without a bus, a cursor ahead is a clock that went
+    back across a restart, and reads continue from the hub's last id instead."""
+
+    def __init__(
+        self, *, buffer_size: int = 100, buffer_ttl: float = 3600.0, now_ms: int, follows_bus: bool = False
+    ) -> None:
         if buffer_size < 1:
             raise ValueError("buffer_size must be at least 1")
         if buffer_ttl <= 0:
             raise ValueError("buffer_ttl must be positive")
         self.buffer_size = buffer_size
         self.ttl_ms = int(buffer_ttl * 1000)
+        self.follows_bus = follows_bus
         self.channels: dict[str, Channel] = {}
         # What this hub knows nothing before: its start. A cursor older than that on a
         # channel this hub never saw may have missed messages (e.g. across a restart).
@@ -367,7 +377,9 @@ class Hub:
             ch.waiters = set()
             reached = len(waiters)
             for waiter in waiters:
-                waiter.wake(message)
+                if not waiter.wake(message):
+                    ch.waiters.add(waiter)
+                    reached -= 1
         streams = ch.streams
         if streams:
             reached += len(streams)
@@ -438,7 +450,7 @@ class Hub:
                 last = self.tombstones.get(name, self.floor)
                 if start is not None and start < last:
                     incomplete.append(name)
-                positions[name] = last
+                positions[name] = start if self.follows_bus and start is not None and start > last else last
                 continue
             ch.expire(now_ms, self.ttl_ms)
             if start is None:
@@ -448,9 +460,9 @@ class Hub:
                 incomplete.append(name)
             newer = ch.after(start)
             pending.extend(newer)
-            # With nothing pending, continue from the channel's newest id (not from a
-            # cursor ahead of it, which could skip messages after a clock step back).
-            positions[name] = start if newer else ch.last_id
+            # With nothing pending, continue from the channel's newest id — or from a cursor
+            # ahead of it when following a bus (see the class's note).
+            positions[name] = start if newer or (self.follows_bus and start > ch.last_id) else ch.last_id
         more = False
         if len(names) > 1:
             pending.sort(key=_message_order)

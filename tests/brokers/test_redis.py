@@ -243,3 +243,37 @@ def test_a_hung_redis_is_noticed_and_publishes_do_not_hang(cluster: Cluster, own
         own_redis.proc.send_signal(signal.SIGCONT)
     wait_until(lambda: httpx.get(f"{node.url}/healthz").status_code == 200, 15, "the node to recover")
     assert publish(node, channel, "back").status_code in (201, 202)
+
+
+def test_a_cursor_from_a_process_ahead_of_this_one_gets_no_duplicates(
+    cluster: Cluster, redis_server: RedisProcess, prefix: str, channel: str
+) -> None:
+    """A client saw a message on another process that has not reached this one yet: when it
+    arrives here, neither its long-poll nor its stream gets it again."""
+    (node,) = cluster(1)
+    publish(node, channel, "m1")
+    # m2 enters history but is not yet announced: this process lags behind the client.
+    m2 = redis_server.cli("XADD", f"{prefix}history:{channel}", "*", "d", '"m2"')
+
+    async def scenario() -> None:
+        held = await Connection.open(node.host, node.port)
+        held.send("GET", f"/sub/{channel}?timeout=30&last_id={m2}")
+        sse = await Connection.open(node.host, node.port)
+        await sse.start_stream(f"/sse/{channel}", headers={"Last-Event-ID": m2})
+        await asyncio.to_thread(
+            wait_until, lambda: httpx.get(f"{node.url}/channels/{channel}").json()["subscribers"] == 2, 10,
+            "both subscribers to be counted",
+        )  # fmt: skip
+        # Now m2 arrives on the subscription, as a publish elsewhere would have announced it.
+        announce = f'PUBLISH {prefix}{channel} "\\x00{m2}\\x00\\"m2\\""\n'
+        subprocess.run(["redis-cli", "-p", str(redis_server.port)], input=announce, text=True, check=True,
+                       capture_output=True, timeout=10)  # fmt: skip
+        m3 = publish(node, channel, "m3").json()["id"]
+        answer = (await held.response()).json()
+        assert [m["data"] for m in answer["messages"]] == ["m3"] and answer["last_id"] == m3
+        events = await read_events(sse, '"m3"')
+        assert [json.loads(e["data"])["data"] for e in events] == ["m3"]
+        held.close()
+        sse.close()
+
+    asyncio.run(scenario())

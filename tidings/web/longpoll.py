@@ -60,12 +60,15 @@ class LongPoll:
             self.timeout_key = None
         self.app.hub.unwait(self.channels, self)
 
-    def wake(self, message: Message) -> None:
+    def wake(self, message: Message) -> bool:
+        if message.id <= self.positions[message.channel] and not message.live:
+            return False  # the client has it already (its cursor was ahead of this process)
         # Leave every channel now (one message per answer, nothing twice); write at the end
         # of the loop turn, after the publisher has had its answer.
         self._leave()
         self.woken_by = message
         self.app.batcher.schedule(self)
+        return True
 
     def flush(self) -> None:
         message, self.woken_by = self.woken_by, None

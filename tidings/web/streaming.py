@@ -56,7 +56,7 @@ def event_json(name: str, payload: dict[str, object]) -> bytes:
 class Stream:
     """A stream subscriber held on one connection."""
 
-    __slots__ = ("app", "build", "channels", "chunked", "conn", "fmt", "pending", "positions", "registry")
+    __slots__ = ("app", "build", "channels", "chunked", "conn", "fmt", "pending", "positions", "registry", "seen_to")
 
     def __init__(self, app: App, conn: HttpConnection, channels: tuple[str, ...], fmt: StreamFormat) -> None:
         self.registry = app.streams
@@ -65,6 +65,7 @@ class Stream:
         self.channels = channels
         self.fmt = fmt
         self.positions: dict[str, MessageId] = {}
+        self.seen_to: dict[str, MessageId] = {}  # per channel: what the stream began after
         self.pending: list[bytes] = []  # bytes framed for the connection, to send this turn
         self.chunked = False
         # Multi-channel cursors differ per stream; a single channel's frames are shared.
@@ -95,6 +96,7 @@ class Stream:
             self.positions[message.channel] = cursor.position(message.channel) or ZERO_ID
         parts.extend(self.build(m) for m in batch.messages)
         self.positions = dict(batch.positions)
+        self.seen_to = batch.positions
         self.conn.start_stream(fmt.content_type, preamble=b"".join(parts))
         self.chunked = self.conn.chunked
         self.conn.hold(self)
@@ -111,6 +113,8 @@ class Stream:
         self.pending.append(framed)
 
     def deliver(self, message: Message) -> None:
+        if message.id <= self.seen_to.get(message.channel, ZERO_ID) and not message.live:
+            return  # sent already, or the client had it (its cursor was ahead of this process)
         self._queue(self.build(message))
 
     def flush(self) -> None:
