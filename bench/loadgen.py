@@ -25,7 +25,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import httptools
 
@@ -186,7 +186,7 @@ class LongPollClient(_Client):
 
 class SSEClient(_Client):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)
         self.pending = b""
         path = b"/sse/" + self.sub.channel.encode()
         self.transport.write(b"GET %s HTTP/1.1\r\nHost: b\r\nAccept: text/event-stream\r\n\r\n" % path)
@@ -311,7 +311,7 @@ def emit(event: str, **fields: Any) -> None:
 
 
 async def read_command() -> str:
-    line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    line: str = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     return line.strip()
 
 

@@ -39,7 +39,7 @@ async def measure(subscribers: int = 1000, rounds: int = 100, publishes: int = 2
         conn = HttpConnection(app, app.limits, loop)
         conn.connection_made(StubTransport())  # type: ignore[arg-type]
         conns.append(conn)
-    cursor = str(broker.publish("ch", "warm-up").id)  # type: ignore[union-attr]
+    cursor = str(broker.publish("ch", "warm-up").id)
     poll_s = wake_s = 0.0
     for _ in range(rounds):
         request = b"GET /sub/ch?timeout=100&last_id=%s HTTP/1.1\r\nHost: b\r\n\r\n" % cursor.encode()
@@ -51,7 +51,7 @@ async def measure(subscribers: int = 1000, rounds: int = 100, publishes: int = 2
         await asyncio.sleep(0)  # the end of the loop turn, where woken long-polls write
         poll_s += t1 - t0
         wake_s += time.perf_counter() - t1
-        cursor = str(published.id)  # type: ignore[union-attr]
+        cursor = str(published.id)
     per = rounds * subscribers
     publish = b"POST /pub/other HTTP/1.1\r\nHost: b\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\n1 2"
     t0 = time.perf_counter()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import shutil
 import socket
@@ -11,6 +12,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import IO
 
 from bench.procstat import process_tree
 
@@ -39,6 +41,7 @@ class Server:
     def __init__(self) -> None:
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        self.log: IO[bytes] | None = None
 
     def command(self) -> list[str]:
         raise NotImplementedError
@@ -48,17 +51,29 @@ class Server:
         return None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=_pin)
+        # A file, not a pipe: nobody reads it while the server runs (a full pipe would block it).
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=self.log, preexec_fn=_pin)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited at start: {self.proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+                assert self.log is not None
+                self.log.seek(0)
+                raise RuntimeError(f"{self.name} exited at start: {self.log.read().decode()[-2000:]}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
+                    pass
             except OSError:
                 time.sleep(0.05)
-        raise RuntimeError(f"{self.name} did not listen on port {self.port} within 15 s")
+                continue
+            if self.answers():
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.name} did not answer on port {self.port} within 15 s")
+
+    def answers(self) -> bool:
+        """Whether the process listening on the port is this server (not something else)."""
+        return True
 
     def pids(self) -> list[int]:
         assert self.proc is not None
@@ -72,6 +87,8 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        if self.log is not None:
+            self.log.close()
 
 
 class Tidings(Server):
@@ -81,6 +98,14 @@ class Tidings(Server):
         super().__init__()
         self.broker = broker
         self.name = f"tidings-{broker.split(':')[0]}"
+
+    def answers(self) -> bool:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+            conn.request("GET", "/healthz")
+            return b'"broker"' in conn.getresponse().read()
+        except (OSError, http.client.HTTPException):
+            return False
 
     def command(self) -> list[str]:
         return [
@@ -94,8 +119,11 @@ class TidingsRedis(Tidings):
     as part of the server (its CPU and RSS are the price of scaling out)."""
 
     def __init__(self) -> None:
+        super().__init__("redis")
         self.redis_port = free_port()
-        super().__init__(f"redis://127.0.0.1:{self.redis_port}/0")
+        while self.redis_port == self.port:  # two picks of a free port can coincide
+            self.redis_port = free_port()
+        self.broker = f"redis://127.0.0.1:{self.redis_port}/0"
         self.redis: subprocess.Popen[bytes] | None = None
         self.redis_dir = ""
 
