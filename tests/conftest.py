@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import signal
@@ -72,11 +73,27 @@ class ServerProcess:
         return "".join(self.lines)
 
 
+def free_ports(count: int) -> list[int]:
+    """Distinct free ports below the ephemeral range: a port the kernel hands out for outgoing
+    connections can be taken by one between being picked here and being bound by a server."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        ephemeral_low = int(f.read().split()[0])
+    picked: list[int] = []
+    while len(picked) < count:
+        port = random.randrange(max(1024, ephemeral_low - 12000), ephemeral_low)
+        if port in picked:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        picked.append(port)
+    return picked
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    return free_ports(1)[0]
 
 
 class RedisProcess:

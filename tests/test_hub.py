@@ -291,3 +291,27 @@ def test_following_a_bus_a_cursor_ahead_of_the_hub_is_kept() -> None:
     # Without a bus, a cursor ahead means the clock went back: continue from the hub's last id.
     alone = Hub(now_ms=T0)
     assert alone.read(["c"], ahead, T0 + 1).positions == {"c": MessageId(T0, 0)}
+
+
+def test_a_message_after_a_loss_makes_older_cursors_gaps() -> None:
+    hub = Hub(now_ms=T0)
+    first = publish(hub, "c", "first", T0 + 1)
+    waiter = Recorder()
+    hub.wait(["c"], waiter)
+    after = Message(MessageId(T0 + 5, 0), "c", "after", T0 + 5, after_loss=True)
+    hub.ingest(after, T0 + 5)
+    assert waiter.woken == [after]
+    batch = hub.read(["c"], Cursor.parse(str(first.id)), T0 + 6)
+    assert batch.gaps == ["c"] and batch.messages == [after]
+    assert hub.read(["c"], Cursor.parse(str(after.id)), T0 + 6).gaps == []
+
+
+def test_known_from_forgets_what_it_cannot_vouch_for() -> None:
+    hub = Hub(now_ms=T0)
+    old = publish(hub, "c", "old", T0 + 1)
+    hub.known_from("c", MessageId(T0 + 10, 0))
+    assert hub.read(["c"], Cursor.parse(str(old.id)), T0 + 11).gaps == ["c"]
+    assert hub.read(["c"], Cursor.parse("oldest"), T0 + 11).messages == []
+    later = publish(hub, "c", "later", T0 + 12)
+    assert later.id > MessageId(T0 + 10, 0)
+    assert hub.read(["c"], Cursor.parse(f"{T0 + 10}-0"), T0 + 13).messages == [later]

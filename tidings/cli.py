@@ -22,7 +22,7 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 _HELP = {
     "host": "address to listen on",
     "port": "port to listen on (also PORT)",
-    "broker": "message bus: memory, or redis://host:port/db to share channels between processes",
+    "broker": "message bus: memory, redis://host:port/db, or zmq://host:port1,port2 (a tidings zmq-proxy)",
     "redis_prefix": "prefix of the Redis pub/sub channels and keys Tidings uses",
     "buffer_size": "messages kept per channel",
     "buffer_ttl": "seconds a message stays buffered",
@@ -226,7 +226,33 @@ def build_parser() -> argparse.ArgumentParser:
     subscribe.add_argument("--url", default=url_default, help=url_help)
     subscribe.add_argument("--last-id", help="resume after this cursor ('oldest': the whole buffer)")
     subscribe.add_argument("--timeout", type=float, default=30.0, help="long-poll hold in seconds")
+    proxy = commands.add_parser("zmq-proxy", help="run the ZeroMQ forwarder that --broker zmq:// processes share")
+    proxy.add_argument("--frontend", default="tcp://127.0.0.1:5560", help="where publishers connect (XSUB)")
+    proxy.add_argument("--backend", default="tcp://127.0.0.1:5561", help="where subscribers connect (XPUB)")
     return parser
+
+
+def cmd_zmq_proxy(args: argparse.Namespace) -> int:
+    """The forwarder: pyzmq's own device between an XSUB and an XPUB socket."""
+    import zmq
+
+    from tidings.brokers.zmq import HIGH_WATER_MARK
+
+    context = zmq.Context()
+    frontend, backend = context.socket(zmq.XSUB), context.socket(zmq.XPUB)
+    for sock in (frontend, backend):
+        sock.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
+        sock.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
+        sock.setsockopt(zmq.LINGER, 0)
+    try:
+        frontend.bind(args.frontend)
+        backend.bind(args.backend)
+    except zmq.ZMQError as exc:
+        raise Failure(f"cannot bind: {exc}") from None
+    print(f"tidings zmq-proxy: publishers -> {args.frontend}, subscribers <- {args.backend}", file=sys.stderr)
+    sys.stderr.flush()
+    zmq.proxy(frontend, backend)  # runs until the process is stopped
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -239,6 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "publish":
             return cmd_publish(args)
+        if args.command == "zmq-proxy":
+            return cmd_zmq_proxy(args)
         return cmd_subscribe(args)
     except Failure as exc:
         print(f"tidings: {exc}", file=sys.stderr)

@@ -110,14 +110,18 @@ class Message:
     buffered, has no id of its own (`"id": null`) and carries the channel's last id as
     `id`, so that cursors neither move nor break because of it."""
 
-    __slots__ = ("channel", "data", "framed", "id", "json", "live", "time")
+    __slots__ = ("after_loss", "channel", "data", "framed", "id", "json", "live", "time")
 
-    def __init__(self, id: MessageId, channel: str, data: JSONValue, time: int, live: bool = False) -> None:
+    def __init__(
+        self, id: MessageId, channel: str, data: JSONValue, time: int, live: bool = False, after_loss: bool = False
+    ) -> None:
         self.id = id
         self.channel = channel
         self.data = data
         self.time = time
         self.live = live
+        # The bus lost messages just before this one (see `Hub.ingest`).
+        self.after_loss = after_loss
         # Only `data` needs a JSON encoder: channel names are validated characters, ids digits.
         self.json = b'{"id":%s,"channel":"%s","data":%s,"time":%d}' % (
             b"null" if live else b'"%s"' % str(id).encode(),
@@ -370,6 +374,11 @@ class Hub:
             return 0
         else:
             ch.expire(now_ms, self.ttl_ms)
+            if message.after_loss:
+                # Nothing before this message can be vouched for: every older cursor is a gap.
+                if ch.ring:
+                    ch.ring.clear()
+                ch.horizon = message.id
             ch.append(message, self.buffer_size)
         reached = 0
         waiters = ch.waiters
@@ -422,6 +431,17 @@ class Hub:
             if message.id > ch.last_id:
                 self.ingest(message, now_ms)
         ch.expire(now_ms, self.ttl_ms)
+
+    def known_from(self, name: str, ident: MessageId) -> None:
+        """This hub receives every message of channel `name` after `ident` from now on, and
+        cannot vouch for anything before (e.g. the bus subscription for it just began):
+        cursors older than `ident` are gaps."""
+        ch = self.channel(name)
+        if ident > ch.horizon:
+            if ch.ring:
+                ch.ring.clear()
+            ch.horizon = ident
+            ch.last_id = max(ch.last_id, ident)
 
     def rebase(self, floor: MessageId) -> None:
         """This hub receives every message with an id from `floor` on (a bus subscription

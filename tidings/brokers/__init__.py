@@ -6,8 +6,9 @@ from tidings.hub import Hub
 
 
 def create_broker(settings: Settings, hub: Hub) -> Broker:
-    """The broker `settings.broker` names: ``memory`` (the default, embedded) or a Redis URL
-    (``redis://host:port/db``, ``rediss://``, ``unix://``)."""
+    """The broker `settings.broker` names: ``memory`` (the default, embedded), a Redis URL
+    (``redis://host:port/db``, ``rediss://``, ``unix://``) or a ZeroMQ forwarder
+    (``zmq://host:port1,port2``, ``zmq:ENDPOINT1,ENDPOINT2``)."""
     url = settings.broker
     if url in ("memory", "memory://"):
         from tidings.brokers.memory import MemoryBroker
@@ -17,7 +18,11 @@ def create_broker(settings: Settings, hub: Hub) -> Broker:
         from tidings.brokers.redis import RedisBroker
 
         return RedisBroker(hub, url, settings.redis_prefix)
-    raise ValueError(f"unknown broker {url!r} (supported: memory, redis://host:port/db)")
+    if url.startswith("zmq:"):
+        from tidings.brokers.zmq import ZmqBroker
+
+        return ZmqBroker(hub, url)
+    raise ValueError(f"unknown broker {url!r} (supported: memory, redis://host:port/db, zmq://host:port1,port2)")
 
 
 __all__ = ["Broker", "BrokerUnavailable", "Published", "create_broker"]

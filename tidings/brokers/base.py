@@ -65,3 +65,17 @@ class Broker(ABC):
 
     async def fill(self, channels: list[str], cursor: Cursor) -> None:
         """Load the history after `cursor` on `channels` into the hub (`Hub.backfill`)."""
+
+    # A broker that subscribes per channel must have done so before a read can wait on it.
+    needs_activation = False
+
+    def ready(self, channels: tuple[str, ...]) -> bool:
+        """Whether messages on every one of `channels` reach this process now."""
+        return True
+
+    async def activate(self, channels: tuple[str, ...]) -> None:
+        """Make messages on `channels` reach this process (see `ready`)."""
+
+    def stats(self) -> dict[str, JSONValue]:
+        """Figures about the bus for /healthz."""
+        return {}

@@ -112,8 +112,12 @@ class App:
         buffers, or — when they do not reach back to the cursor and the broker keeps history
         — after the broker has filled them in. With the broker unreachable, the local answer
         stands (a gap at worst)."""
+        broker = self.broker
+        if broker.needs_activation and not broker.ready(channels):
+            self.spawn(self._read_through(conn, channels, cursor, then, limit))
+            return
         batch = self.hub.read(channels, cursor, wall_clock_ms(), limit)
-        if batch.incomplete and self.broker.keeps_history:
+        if batch.incomplete and broker.keeps_history:
             self.spawn(self._read_through(conn, channels, cursor, then, limit, batch.incomplete))
         else:
             then(batch)
@@ -125,10 +129,15 @@ class App:
         cursor: Cursor,
         then: Callable[[Batch], None],
         limit: int | None,
-        incomplete: list[str],
+        incomplete: list[str] | None = None,
     ) -> None:
         try:
-            await self.broker.fill(incomplete, cursor)
+            if incomplete is None:  # the channels are not subscribed on the bus yet
+                await self.broker.activate(channels)
+                batch = self.hub.read(channels, cursor, wall_clock_ms(), limit)
+                incomplete = batch.incomplete if self.broker.keeps_history else []
+            if incomplete:
+                await self.broker.fill(incomplete, cursor)
         except BrokerUnavailable as exc:
             log.debug("history not available, answering from local buffers: %s", exc)
         if conn.closed:

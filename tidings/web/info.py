@@ -28,5 +28,5 @@ def _answer_info(conn: HttpConnection, info: ChannelInfo) -> None:
 
 def health(app: App, conn: HttpConnection) -> None:
     healthy = app.broker.healthy
-    body = {"status": "ok" if healthy else "unavailable", "broker": app.broker.name}
+    body = {"status": "ok" if healthy else "unavailable", "broker": app.broker.name, **app.broker.stats()}
     conn.respond(200 if healthy else 503, encode_json(body))

@@ -24,7 +24,7 @@ def poll_body(messages: list[Message], token: str, gap: bool = False) -> bytes:
 
 
 def _one_message_response(message: Message) -> bytes:
-    return response_bytes(200, poll_body([message], str(message.id)))
+    return response_bytes(200, poll_body([message], str(message.id), message.after_loss))
 
 
 def answer(
@@ -34,7 +34,7 @@ def answer(
     positions: dict[str, MessageId],
     gap: bool = False,
 ) -> None:
-    if len(messages) == 1 and len(channels) == 1 and not gap and conn.keep_alive:
+    if len(messages) == 1 and len(channels) == 1 and gap == messages[0].after_loss and conn.keep_alive:
         # The common answer after a fan-out, built once and shared by every subscriber of the channel.
         conn.respond_raw(messages[0].frame("longpoll", _one_message_response), True)
     else:
@@ -74,7 +74,7 @@ class LongPoll:
         message, self.woken_by = self.woken_by, None
         if message is not None:
             self.positions[message.channel] = message.id
-            answer(self.conn, self.channels, [message], self.positions)
+            answer(self.conn, self.channels, [message], self.positions, message.after_loss)
 
     def channel_closed(self, channel: str) -> None:
         self._leave()

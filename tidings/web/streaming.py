@@ -115,6 +115,8 @@ class Stream:
     def deliver(self, message: Message) -> None:
         if message.id <= self.seen_to.get(message.channel, ZERO_ID) and not message.live:
             return  # sent already, or the client had it (its cursor was ahead of this process)
+        if message.after_loss:
+            self.push(self.fmt.event("gap", {"channels": [message.channel]}))
         self._queue(self.build(message))
 
     def flush(self) -> None:
