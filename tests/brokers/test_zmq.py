@@ -91,6 +91,20 @@ def bus(node: ServerProcess) -> dict[str, int]:
     return {key: health[key] for key in ("received", "lost")}
 
 
+async def subscribed_streams(pairs: list[tuple[ServerProcess, str]]) -> list[Connection]:
+    """An SSE stream per (node, channel), returned once each node counts its subscriber."""
+    streams = []
+    for node, channel in pairs:
+        sse = await Connection.open(node.host, node.port)
+        await sse.start_stream(f"/sse/{channel}")
+        streams.append(sse)
+    for node, channel in pairs:
+        await asyncio.to_thread(
+            wait_until, lambda n=node, c=channel: local_subscribers(n, c) >= 1, 10, f"a subscriber on {channel}"
+        )
+    return streams
+
+
 class ExternalPublisher:
     """A program publishing into the forwarder. It uses an XPUB socket — a PUB that also hears
     the subscriptions arriving — so the test can wait for them instead of sleeping."""
@@ -122,12 +136,7 @@ def test_publishes_reach_every_node_and_external_publishers_reach_browsers(
     a, b = nodes(start_server, forwarder, 2)
 
     async def scenario() -> None:
-        sse_a = await Connection.open(a.host, a.port)
-        await sse_a.start_stream(f"/sse/{channel}")
-        sse_b = await Connection.open(b.host, b.port)
-        await sse_b.start_stream(f"/sse/{channel}")
-        for node in (a, b):
-            await asyncio.to_thread(wait_until, lambda n=node: local_subscribers(n, channel) == 1, 10, "subscribed")
+        sse_a, sse_b = await subscribed_streams([(a, channel), (b, channel)])
         publish(a, channel, {"from": "A"})
         [event] = await read_events(sse_b, '"A"')
         assert json.loads(event["data"])["data"] == {"from": "A"}
@@ -188,9 +197,7 @@ def test_a_node_receives_only_the_channels_it_has_subscribers_for(
     other = channel + "-wanted"
 
     async def scenario() -> None:
-        sse = await Connection.open(b.host, b.port)
-        await sse.start_stream(f"/sse/{other}")
-        await asyncio.to_thread(wait_until, lambda: local_subscribers(b, other) == 1, 10, "subscribed")
+        (sse,) = await subscribed_streams([(b, other)])
         before = bus(b)["received"]
         for i in range(50):
             publish(a, channel, i)  # nobody on B listens to this one
@@ -208,12 +215,7 @@ def test_delivery_resumes_after_the_forwarder_restarts(
     a, b = nodes(start_server, tcp_forwarder, 2)
 
     async def scenario() -> None:
-        sse = await Connection.open(b.host, b.port)
-        await sse.start_stream(f"/sse/{channel}")
-        local = await Connection.open(a.host, a.port)
-        await local.start_stream(f"/sse/{channel}")
-        for node in (a, b):
-            await asyncio.to_thread(wait_until, lambda n=node: local_subscribers(n, channel) == 1, 10, "subscribed")
+        sse, local = await subscribed_streams([(b, channel), (a, channel)])
         publish(a, channel, "before")
         await read_events(sse, '"before"')
         tcp_forwarder.kill()

@@ -8,11 +8,22 @@ broker only to publish and delete.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from tidings.hub import ChannelInfo, Cursor, Hub, JSONValue, MessageId
+
+
+async def cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    """Stop a broker's background tasks and wait until they have."""
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 class BrokerUnavailable(RuntimeError):

@@ -31,7 +31,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from tidings.brokers.base import Broker, BrokerUnavailable, Published
+from tidings.brokers.base import Broker, BrokerUnavailable, Published, cancel_all
 from tidings.hub import (
     ZERO_ID,
     ChannelInfo,
@@ -283,11 +283,7 @@ class RedisBroker(Broker):
             log.warning("Redis not reachable at %s yet; serving, and retrying in the background", self.store.url)
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(self._tasks)
         with contextlib.suppress(RedisError):
             await self.store.client.srem(self.store.nodes_key, self.node)
             await self.store.client.delete(self.store.node_prefix + self.node)

@@ -30,7 +30,7 @@ import secrets
 import zmq
 import zmq.asyncio
 
-from tidings.brokers.base import Broker, Published
+from tidings.brokers.base import Broker, Published, cancel_all
 from tidings.hub import Hub, InvalidChannel, JSONValue, Message, MessageId, encode_json, validate_channel, wall_clock_ms
 
 log = logging.getLogger("tidings.zmq")
@@ -102,11 +102,7 @@ class ZmqBroker(Broker):
         log.info("ZeroMQ: publishing to %s, subscribing at %s", self.frontend, self.backend)
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(self._tasks)
         self.pub.close(0)
         self.sub.close(0)
         self.context.term()
