@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 from tidings.brokers import Broker, BrokerUnavailable
 from tidings.config import Settings
 from tidings.hub import DEFAULT_BATCH, Batch, Cursor, Hub, TidingsError, parse_channels, wall_clock_ms
-from tidings.web import info, longpoll, publish, sse, static, stream
+from tidings.web import info, longpoll, publish, sse, static, stream, websocket
 from tidings.web.batch import TurnBatcher
 from tidings.web.http import HttpConnection, HttpError, Limits, Request, error_body
 from tidings.web.streaming import StreamRegistry
@@ -74,29 +74,43 @@ class App:
         task.add_done_callback(self.tasks.discard)
 
     def call_broker(
-        self, conn: HttpConnection, call: Callable[[], T | Awaitable[T]], answer: Callable[[T], None]
+        self,
+        conn: HttpConnection,
+        call: Callable[[], T | Awaitable[T]],
+        answer: Callable[[T], None],
+        on_error: Callable[[int, str, str], None] | None = None,
     ) -> None:
         """Run a broker call and answer with its result: at once when the broker answered at
-        once, from a task when it returned an awaitable. Every failure gets an answer."""
+        once, from a task when it returned an awaitable. Every failure gets an answer (by
+        default an HTTP error response; `on_error(status, error, detail)` otherwise)."""
+
+        def fail(status: int, error: str, detail: str) -> None:
+            if on_error is None:
+                conn.respond(status, error_body(error, detail))
+            else:
+                on_error(status, error, detail)
+
         try:
             result = call()
         except BrokerUnavailable as exc:
-            conn.respond(503, error_body("broker_unavailable", str(exc)))
+            fail(503, "broker_unavailable", str(exc))
             return
         if isinstance(result, Awaitable):
-            self.spawn(self._answer_later(conn, result, answer))
+            self.spawn(self._answer_later(result, answer, fail))
         else:
             answer(result)
 
-    async def _answer_later(self, conn: HttpConnection, pending: Awaitable[T], answer: Callable[[T], None]) -> None:
+    async def _answer_later(
+        self, pending: Awaitable[T], answer: Callable[[T], None], fail: Callable[[int, str, str], None]
+    ) -> None:
         try:
             result = await pending
         except BrokerUnavailable as exc:
-            conn.respond(503, error_body("broker_unavailable", str(exc)))
+            fail(503, "broker_unavailable", str(exc))
             return
         except Exception:
             log.exception("broker call failed")
-            conn.respond(500, error_body("internal_error", "the broker call failed"))
+            fail(500, "internal_error", "the broker call failed")
             return
         answer(result)
 
@@ -178,6 +192,9 @@ class App:
         elif head == "stream" and rest:
             _allow(method, "GET")
             stream.subscribe(self, request, conn, parse_channels(rest))
+        elif head == "ws":
+            _allow(method, "GET")
+            websocket.subscribe(self, request, conn, parse_channels(rest) if rest else ())
         elif head == "channels" and rest:
             _allow(method, "GET", "HEAD")
             info.channel(self, conn, rest)

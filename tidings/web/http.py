@@ -94,6 +94,12 @@ class Held(Protocol):
         """The server is stopping: answer or end now."""
 
 
+class Upgraded(Held, Protocol):
+    """What holds a connection after a protocol upgrade: it gets the raw bytes."""
+
+    def receive(self, data: bytes) -> None: ...
+
+
 class Application(Protocol):
     def handle(self, request: Request, conn: HttpConnection) -> None: ...
 
@@ -166,6 +172,7 @@ class HttpConnection(asyncio.Protocol):
         "stopping",
         "timer",
         "transport",
+        "upgraded",
     )
 
     def __init__(self, app: Application, limits: Limits, loop: asyncio.AbstractEventLoop) -> None:
@@ -181,6 +188,7 @@ class HttpConnection(asyncio.Protocol):
         self.request: Request | None = None  # the one being answered
         self.pipeline: deque[Request] | None = None  # created when a client pipelines
         self.stopping = False
+        self.upgraded: Upgraded | None = None  # after a protocol upgrade (WebSocket): gets the bytes
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._header_bytes = 0
@@ -199,6 +207,9 @@ class HttpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.state == _CLOSING:
             return
+        if self.upgraded is not None:
+            self.upgraded.receive(data)
+            return
         try:
             self.parser.feed_data(data)
             if self.state == _READING and not self._reading_timed:
@@ -213,8 +224,13 @@ class HttpConnection(asyncio.Protocol):
             else:
                 log.exception("error while parsing a request", exc_info=cause)
                 self._fail(HttpError(500, "internal_error", "the server failed to read the request", True))
-        except httptools.HttpParserUpgrade:
-            self._fail(HttpError(400, "upgrade_not_supported", "protocol upgrades are not supported here", True))
+        except httptools.HttpParserUpgrade as exc:
+            if self.upgraded is not None:  # the application took the upgrade: the rest is theirs
+                rest = data[exc.args[0] :] if exc.args and isinstance(exc.args[0], int) else b""
+                if rest:
+                    self.upgraded.receive(rest)
+            elif self.state != _CLOSING:
+                self._fail(HttpError(400, "upgrade_not_supported", "this resource cannot be upgraded", True))
         except httptools.HttpParserError as exc:
             self._fail(HttpError(400, "bad_request", f"malformed HTTP request: {exc}", True))
 
@@ -380,12 +396,31 @@ class HttpConnection(asyncio.Protocol):
             self.respond_error(error)
         self.close()
 
+    # -- upgrades
+
+    def upgrade(self, handshake: bytes, upgraded: Upgraded) -> None:
+        """Send the 101 answer; from now on the connection's bytes go to `upgraded`, and the
+        stream methods write raw bytes (see `start_stream`)."""
+        if self.state != _BUSY or self.transport is None:
+            return
+        self.transport.write(handshake)
+        self.upgraded = upgraded
+        self.held = upgraded
+
+    def send_raw(self, data: bytes) -> None:
+        if self.upgraded is not None and self.transport is not None and self.state != _CLOSING:
+            self.transport.write(data)
+
     # -- streams
 
     def start_stream(self, content_type: bytes, extra_headers: bytes = b"", preamble: bytes = b"") -> None:
         if self.state != _BUSY or self.transport is None or self.request is None:
             return
         self.state = _STREAMING
+        if self.upgraded is not None:  # the handshake was the head; frames are the stream
+            if preamble:
+                self.transport.write(preamble)
+            return
         framing = b"Transfer-Encoding: chunked\r\n" if self.request.http11 else b"Connection: close\r\n"
         head = b"%sContent-Type: %s\r\nCache-Control: no-store\r\nX-Accel-Buffering: no\r\n%s%s\r\n" % (
             status_line(200),
@@ -398,7 +433,7 @@ class HttpConnection(asyncio.Protocol):
     @property
     def chunked(self) -> bool:
         """Whether this connection's stream is sent in HTTP chunks (HTTP/1.1) or until close."""
-        return self.request is not None and self.request.http11
+        return self.upgraded is None and self.request is not None and self.request.http11
 
     def _frame(self, data: bytes) -> bytes:
         return chunk(data) if self.chunked else data
@@ -412,9 +447,14 @@ class HttpConnection(asyncio.Protocol):
     def end_stream(self, final: bytes = b"") -> None:
         """Finish a stream; the connection closes, since a client that sent more requests
         behind a stream cannot expect them to be answered in order anyway."""
-        if self.state != _STREAMING or self.transport is None or self.request is None:
+        if self.state not in (_STREAMING, _BUSY) or self.transport is None or self.request is None:
             return
-        if self.request.http11:
+        if self.state == _BUSY and self.upgraded is None:
+            return
+        if self.upgraded is not None:
+            if final:
+                self.transport.write(final)
+        elif self.request.http11:
             self.transport.write((chunk(final) if final else b"") + _LAST_CHUNK)
         elif final:
             self.transport.write(final)

@@ -135,18 +135,22 @@ class Stream:
         bound; it resumes from its cursor."""
         self._leave()
         conn = self.conn
-        conn.end_stream(self.fmt.event("slow", {"detail": "the client did not keep up; resume from your cursor"}))
+        self.end(self.fmt.event("slow", {"detail": "the client did not keep up; resume from your cursor"}), slow=True)
         self.app.loop.call_later(SLOW_CLOSE_GRACE, conn.abort)
+
+    def end(self, final: bytes = b"", slow: bool = False) -> None:
+        """End the stream after `final` (the transport may add its own goodbye)."""
+        self.conn.end_stream(final)
 
     def channel_closed(self, channel: str) -> None:
         self.flush()
         self._leave()
-        self.conn.end_stream(self.fmt.event("closed", {"channel": channel}))
+        self.end(self.fmt.event("closed", {"channel": channel}))
 
     def shutdown(self) -> None:
         self.flush()
         self._leave()
-        self.conn.end_stream()
+        self.end()
 
     def release(self) -> None:
         self._leave()

@@ -1,0 +1,193 @@
+"""WebSocket: delivery and resume, publish and (un)subscribe over the socket, bad frames,
+pings, deleted channels, and a client that stops reading. Clients: the `websockets` library,
+and raw sockets where the test needs to misbehave."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+from conftest import ServerProcess, subscribers, wait_until
+from rawhttp import Connection
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+
+async def frame(ws: ClientConnection, timeout: float = 5) -> dict[str, Any]:
+    data = json.loads(await asyncio.wait_for(ws.recv(), timeout))
+    assert isinstance(data, dict)
+    return data
+
+
+async def frames_until(ws: ClientConnection, kind: str, timeout: float = 5) -> list[dict[str, Any]]:
+    got = []
+    async with asyncio.timeout(timeout):
+        while not got or got[-1]["type"] != kind:
+            got.append(await frame(ws, timeout))
+    return got
+
+
+def ws_url(srv: ServerProcess, path: str) -> str:
+    return f"ws://{srv.host}:{srv.port}{path}"
+
+
+def test_messages_arrive_with_cursors_and_a_reconnect_resumes(server: ServerProcess, channel: str) -> None:
+    async def scenario() -> None:
+        async with connect(ws_url(server, f"/ws/{channel}")) as ws:
+            await asyncio.to_thread(wait_until, lambda: _count(server, channel) == 1, 5, "the socket to subscribe")
+            first = _publish(server, channel, {"n": 1})
+            message = await frame(ws)
+            assert message == {"type": "message", "last_id": first, "message": message["message"]}
+            assert message["message"]["data"] == {"n": 1} and message["message"]["id"] == first
+        later = [_publish(server, channel, {"n": n}) for n in (2, 3)]
+        async with connect(ws_url(server, f"/ws/{channel}?last_id={first}")) as ws:
+            backlog = [await frame(ws), await frame(ws)]
+            assert [f["last_id"] for f in backlog] == later
+            assert [f["message"]["data"]["n"] for f in backlog] == [2, 3]
+
+    asyncio.run(scenario())
+
+
+def test_publish_subscribe_and_unsubscribe_over_the_socket(server: ServerProcess, channel: str) -> None:
+    other = channel + "-b"
+
+    async def scenario() -> None:
+        async with connect(ws_url(server, "/ws")) as ws:
+            await ws.send(json.dumps({"subscribe": [channel, other]}))
+            await asyncio.to_thread(wait_until, lambda: _count(server, other) == 1, 5, "the subscription")
+            await ws.send(json.dumps({"publish": {"channel": other, "data": "from the socket"}}))
+            got = await frames_until(ws, "published")
+            assert [f["type"] for f in got] == ["message", "published"]
+            assert got[0]["message"]["data"] == "from the socket"
+            assert got[0]["last_id"].count(":") == 2  # the multi-channel cursor
+            assert got[1]["channel"] == other and got[1]["subscribers"] == 1
+            # Long-polls see what the socket published, too.
+            answer = httpx.get(f"{server.url}/sub/{other}?last_id=oldest").json()
+            assert [m["data"] for m in answer["messages"]] == ["from the socket"]
+            await ws.send(json.dumps({"unsubscribe": [other]}))
+            await asyncio.to_thread(wait_until, lambda: _count(server, other) == 0, 5, "the unsubscription")
+            _publish(server, other, "not for us")
+            _publish(server, channel, "for us")
+            assert (await frame(ws))["message"]["data"] == "for us"
+            await ws.send(json.dumps({"nonsense": True}))
+            assert (await frame(ws))["error"] == "invalid_command"
+            await ws.send(json.dumps({"publish": {"channel": "bad name!", "data": 1}}))
+            assert (await frame(ws))["error"] == "invalid_channel"
+
+    asyncio.run(scenario())
+
+
+def test_bad_frames_close_with_clear_codes(start_server: Callable[..., ServerProcess], channel: str) -> None:
+    srv = start_server("--max-message-bytes", "1000")
+
+    async def closed_with(send: object) -> int | None:
+        async with connect(ws_url(srv, f"/ws/{channel}"), max_size=None) as ws:
+            await ws.send(send)  # type: ignore[arg-type]
+            try:
+                async with asyncio.timeout(5):
+                    while True:
+                        await ws.recv()
+            except ConnectionClosed as exc:
+                return exc.rcvd.code if exc.rcvd else None
+        return None
+
+    async def scenario() -> None:
+        assert await closed_with(b"\x00binary") == 1003
+        assert await closed_with("not json") == 1007
+        assert await closed_with(json.dumps({"publish": {"channel": channel, "data": "x" * 5000}})) == 1009
+        # Not a WebSocket request at all: a JSON error, not a hang.
+        answer = httpx.get(f"{srv.url}/ws/{channel}")
+        assert answer.status_code == 426 and answer.json()["error"] == "upgrade_required"
+
+    asyncio.run(scenario())
+
+
+def test_the_server_pings_and_deleting_a_channel_keeps_the_socket(
+    start_server: Callable[..., ServerProcess], channel: str
+) -> None:
+    srv = start_server("--heartbeat", "0.2")
+    other = channel + "-b"
+
+    async def scenario() -> None:
+        sock = await _raw_socket(srv, f"/ws/{channel},{other}")
+        reader, writer = await asyncio.open_connection(sock=sock)
+        async with asyncio.timeout(5):
+            assert (await reader.readexactly(2)) == b"\x89\x00"  # an empty ping frame
+        writer.close()
+        async with connect(ws_url(srv, f"/ws/{channel},{other}")) as ws:
+            await asyncio.to_thread(wait_until, lambda: _count(srv, other) == 1, 5, "the subscription")
+            assert httpx.delete(f"{srv.url}/pub/{other}").status_code == 200
+            assert await frame(ws) == {"type": "closed", "channel": other}
+            _publish(srv, channel, "still here")
+            assert (await frame(ws))["message"]["data"] == "still here"
+
+    asyncio.run(scenario())
+
+
+def test_a_socket_that_stops_reading_is_closed_not_buffered_forever(
+    start_server: Callable[..., ServerProcess], channel: str
+) -> None:
+    srv = start_server("--stream-buffer-bytes", "65536")
+
+    async def scenario() -> None:
+        sock = await _raw_socket(srv, f"/ws/{channel}", receive_buffer=4096)
+        with httpx.Client(base_url=srv.url, timeout=10) as client:
+            wait_until(lambda: subscribers(client, channel) == 1, 5, "the socket to subscribe")
+            publisher = await Connection.open(srv.host, srv.port)
+            payload = json.dumps("x" * 60000).encode()
+            async with asyncio.timeout(20):
+                for _ in range(400):  # far more than socket buffers and the cap hold
+                    await publisher.request("POST", f"/pub/{channel}", payload, {"Content-Type": "application/json"})
+                    if subscribers(client, channel) == 0:
+                        break
+            assert subscribers(client, channel) == 0, "the stalled socket was never dropped"
+            publisher.close()
+        reader, writer = await asyncio.open_connection(sock=sock)
+        tail = b""
+        async with asyncio.timeout(10):
+            while chunk := await reader.read(1 << 20):
+                tail = (tail + chunk)[-4096:]
+        assert b'"type":"slow"' in tail and b"\x88" in tail  # the notice, then a close frame
+        writer.close()
+
+    asyncio.run(scenario())
+
+
+async def _raw_socket(srv: ServerProcess, path: str, receive_buffer: int = 0) -> socket.socket:
+    """A WebSocket opened by hand (handshake read), for tests that must not read like a client."""
+    sock = socket.socket()
+    if receive_buffer:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.connect((srv.host, srv.port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    head = b""
+    sock.settimeout(5)
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    sock.settimeout(None)
+    sock.setblocking(False)
+    return sock
+
+
+def _publish(srv: ServerProcess, channel: str, data: object) -> str:
+    answer = httpx.post(f"{srv.url}/pub/{channel}", json=data, timeout=10)
+    assert answer.status_code in (201, 202), answer.text
+    ident = answer.json()["id"]
+    assert isinstance(ident, str)
+    return ident
+
+
+def _count(srv: ServerProcess, channel: str) -> int:
+    with httpx.Client(base_url=srv.url, timeout=10) as client:
+        return subscribers(client, channel)

@@ -1,0 +1,247 @@
+"""GET /ws/{channels}: WebSocket, on the same HTTP edge.
+
+The handshake and the framing come from the `websockets` library's sans-I/O `ServerProtocol`
+(fed the bytes our connection receives); no extensions are negotiated, so a server frame's
+bytes are the same for every connection and a message is framed once per fan-out.
+
+Server → client, one JSON text frame each:
+  {"type":"message","last_id":CURSOR,"message":{id, channel, data, time}}
+  {"type":"gap","channels":[...]}     {"type":"closed","channel":...}
+  {"type":"published","id":...,"channel":...,"subscribers":N}     (answer to a publish)
+  {"type":"error","error":CODE,"detail":...}     {"type":"slow",...} (then the socket closes)
+Client → server:
+  {"publish":{"channel":...,"data":...}}
+  {"subscribe":[channels],"last_id":CURSOR}     {"unsubscribe":[channels]}
+The server pings every heartbeat interval. A binary frame closes the socket with 1003, text that
+is not JSON with 1007, a frame over the message size limit with 1009, a slow client with 1008.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING
+
+from websockets.datastructures import Headers
+from websockets.exceptions import InvalidState
+from websockets.frames import Close, CloseCode, Frame, Opcode
+from websockets.http11 import Request as WsRequest
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+from tidings.brokers import Published
+from tidings.hub import (
+    MAX_CHANNELS_PER_REQUEST,
+    Batch,
+    Cursor,
+    Message,
+    TidingsError,
+    encode_json,
+    validate_channel,
+)
+from tidings.web import params
+from tidings.web.http import HttpConnection, HttpError, Request
+from tidings.web.streaming import Stream, StreamFormat
+
+if TYPE_CHECKING:
+    from tidings.web.app import App
+
+log = logging.getLogger("tidings.ws")
+
+
+def text_frame(payload: bytes) -> bytes:
+    return Frame(Opcode.TEXT, payload).serialize(mask=False)
+
+
+def close_frame(code: int, reason: str) -> bytes:
+    return Frame(Opcode.CLOSE, Close(code, reason).serialize()).serialize(mask=False)
+
+
+class WebSocketFormat(StreamFormat):
+    key = "ws"
+    content_type = b""
+    heartbeat = Frame(Opcode.PING, b"").serialize(mask=False)
+    cursor_in_frames = True
+
+    def message(self, message: Message) -> bytes:
+        return self.message_with_cursor(message, str(message.id))
+
+    def message_with_cursor(self, message: Message, token: str) -> bytes:
+        return text_frame(b'{"type":"message","last_id":"%s","message":%s}' % (token.encode(), message.json))
+
+    def message_chunk(self, message: Message) -> bytes:
+        return self.message(message)  # never chunked
+
+    def event(self, name: str, payload: dict[str, object]) -> bytes:
+        return text_frame(encode_json({"type": name, **payload}))
+
+
+FORMAT = WebSocketFormat()
+
+
+class WebSocketStream(Stream):
+    """A WebSocket subscriber: a stream whose channels the client can change, and which
+    also takes publishes."""
+
+    __slots__ = ("inbox", "protocol")
+
+    def __init__(self, app: App, conn: HttpConnection, protocol: ServerProtocol) -> None:
+        super().__init__(app, conn, (), FORMAT)
+        self.protocol = protocol
+        self.build = self._frame_with_cursor  # the channel set can change: every frame has its cursor
+        self.inbox: list[bytes] | None = []  # what arrives before the first read is answered
+
+    def start(self, channels: tuple[str, ...], cursor: Cursor, batch: Batch) -> None:
+        self.channels = channels
+        self.begin(cursor, batch)
+        inbox, self.inbox = self.inbox, None
+        for data in inbox or ():
+            self.receive(data)
+
+    # -- bytes from the client
+
+    def receive(self, data: bytes) -> None:
+        if self.inbox is not None:
+            self.inbox.append(data)
+            return
+        protocol = self.protocol
+        protocol.receive_data(data)
+        for frame in protocol.events_received():
+            if not isinstance(frame, Frame):
+                continue  # the handshake was done before this object existed
+            if frame.opcode is Opcode.TEXT:
+                self._command(bytes(frame.data))
+            elif frame.opcode is Opcode.BINARY:
+                self._close(CloseCode.UNSUPPORTED_DATA, "binary frames are not supported")
+        self._send_protocol_output()
+        if protocol.state is State.CLOSED or protocol.close_expected():
+            self._leave()
+            self.conn.close()
+
+    def _send_protocol_output(self) -> None:
+        for data in self.protocol.data_to_send():
+            if data:
+                self.conn.send_raw(data)
+
+    def _close(self, code: int, reason: str) -> None:
+        try:
+            self.protocol.send_close(code, reason)
+        except InvalidState:
+            return
+
+    def _error(self, error: str, detail: object) -> None:
+        self.push(FORMAT.event("error", {"error": error, "detail": detail}))
+
+    def _command(self, payload: bytes) -> None:
+        try:
+            command = json.loads(payload)
+        except ValueError:
+            self._close(CloseCode.INVALID_DATA, "frames must be JSON")
+            return
+        try:
+            if not isinstance(command, dict) or len(command) < 1:
+                raise HttpError(400, "invalid_command", "a frame is a JSON object: publish, subscribe or unsubscribe")
+            if "publish" in command:
+                self._publish(command["publish"])
+            elif "subscribe" in command:
+                self._subscribe(_channel_list(command["subscribe"]), command.get("last_id"))
+            elif "unsubscribe" in command:
+                self._unsubscribe(_channel_list(command["unsubscribe"]))
+            else:
+                raise HttpError(400, "invalid_command", "a frame is a JSON object: publish, subscribe or unsubscribe")
+        except HttpError as exc:
+            self._error(exc.error, exc.detail)
+        except TidingsError as exc:
+            self._error(exc.code, exc.detail)
+
+    # -- commands
+
+    def _publish(self, spec: object) -> None:
+        if not isinstance(spec, dict) or not isinstance(spec.get("channel"), str) or "data" not in spec:
+            raise HttpError(400, "invalid_command", 'publish needs {"channel": name, "data": value}')
+        channel = validate_channel(spec["channel"])
+        data = spec["data"]
+        if len(encode_json(data)) > self.app.settings.max_message_bytes:
+            raise HttpError(
+                413, "body_too_large", f"messages are limited to {self.app.settings.max_message_bytes} bytes"
+            )
+        self.app.call_broker(
+            self.conn,
+            lambda: self.app.broker.publish(channel, data),
+            self._published,
+            on_error=lambda status, error, detail: self._error(error, detail),
+        )
+
+    def _published(self, result: Published) -> None:
+        body = {"id": str(result.id), "channel": result.channel, "subscribers": result.subscribers}
+        self.push(FORMAT.event("published", body))
+
+    def _subscribe(self, channels: list[str], token: object) -> None:
+        if token is not None and not isinstance(token, str):
+            raise HttpError(400, "invalid_cursor", "last_id is a cursor string")
+        new = tuple(dict.fromkeys(name for name in channels if name not in self.channels))
+        if len(self.channels) + len(new) > MAX_CHANNELS_PER_REQUEST:
+            raise HttpError(400, "invalid_channel", f"at most {MAX_CHANNELS_PER_REQUEST} channels per socket")
+        if new:
+            cursor = Cursor.parse(token)
+            self.app.read(self.conn, new, cursor, lambda batch: self._add(new, cursor, batch), limit=None)
+
+    def _add(self, channels: tuple[str, ...], cursor: Cursor, batch: Batch) -> None:
+        if self.conn.closed:
+            return
+        self.channels = tuple(dict.fromkeys(self.channels + channels))
+        self.build = self._frame_with_cursor
+        if batch.gaps:
+            self.push(FORMAT.event("gap", {"channels": batch.gaps}))
+        self.positions.update(batch.positions)
+        for message in batch.messages:
+            self._queue(self.build(message))
+        self.seen_to = {**self.seen_to, **batch.positions}
+        self.app.hub.join(channels, self)
+
+    def _unsubscribe(self, channels: list[str]) -> None:
+        gone = [name for name in channels if name in self.channels]
+        self.app.hub.leave(gone, self)
+        self.channels = tuple(name for name in self.channels if name not in gone)
+        for name in gone:
+            self.positions.pop(name, None)
+
+    # -- the stream's ends
+
+    def channel_closed(self, channel: str) -> None:
+        # One channel deleted: say so, and keep the socket for the others.
+        self._unsubscribe([channel])
+        self.push(FORMAT.event("closed", {"channel": channel}))
+
+    def end(self, final: bytes = b"", slow: bool = False) -> None:
+        code = CloseCode.POLICY_VIOLATION if slow else CloseCode.GOING_AWAY
+        self._close(code, "slow consumer" if slow else "server shutting down")
+        self.conn.end_stream(final + b"".join(self.protocol.data_to_send()))
+
+
+def _channel_list(value: object) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
+        raise HttpError(400, "invalid_channel", "channels are a list of names")
+    return [validate_channel(name) for name in value]
+
+
+def subscribe(app: App, request: Request, conn: HttpConnection, channels: tuple[str, ...]) -> None:
+    if request.header(b"upgrade").lower() != "websocket":
+        raise HttpError(426, "upgrade_required", "this is a WebSocket endpoint: send Upgrade: websocket")
+    # Our edge has parsed the request already: the library checks it and makes the answer,
+    # then a protocol that starts OPEN (its parser expects frames, not a request) takes over.
+    headers = Headers([(name.decode("latin-1"), value.decode("latin-1")) for name, value in request.raw_headers])
+    response = ServerProtocol().accept(WsRequest(request.raw_path, headers))
+    if response.status_code != 101:
+        detail = response.body.decode("utf-8", "replace").strip() or "bad WebSocket handshake"
+        raise HttpError(response.status_code, "bad_handshake", detail, close=True)
+    protocol = ServerProtocol(state=State.OPEN, max_size=app.settings.max_message_bytes + 1024)
+    ws = WebSocketStream(app, conn, protocol)
+    conn.upgrade(response.serialize(), ws)
+    cursor = params.cursor(params.query(request), "last_id")
+    app.read(conn, channels, cursor, lambda batch: ws.start(channels, cursor, batch), limit=None)
+
+
+__all__ = ["FORMAT", "WebSocketStream", "subscribe"]
