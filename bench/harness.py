@@ -199,7 +199,7 @@ def run(
     plan: Plan, factories: dict[str, Callable[[], Server]], scenarios: set[str], log: Callable[[str], None]
 ) -> list[Row]:
     rows: list[Row] = []
-    transports = ("longpoll", "sse")
+    transports = ("longpoll", "sse", "ws")
 
     def each(scenario: str, case: str, job_fields: dict[str, Any]) -> None:
         for name, factory in factories.items():

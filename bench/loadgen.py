@@ -28,6 +28,9 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import httptools
+from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.uri import parse_uri
 
 HOST = "127.0.0.1"
 PORTS_PER_SOURCE = 20000  # connections per 127.0.0.x source address (ephemeral range ~28k)
@@ -216,8 +219,59 @@ class SSEClient(_Client):
             self.stats.responses += 1
 
 
+class WebSocketClient(asyncio.Protocol):
+    """A WebSocket subscriber; the websockets library's sans-I/O client does the handshake
+    and the framing."""
+
+    def __init__(self, job: Job, stats: Stats, sub: Subscriber, source: str) -> None:
+        self.job = job
+        self.stats = stats
+        self.sub = sub
+        self.transport: asyncio.Transport | None = None
+        self.protocol = ClientProtocol(parse_uri(f"ws://{HOST}:{job.port}/ws/{sub.channel}"), max_size=None)
+        self.alive = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.protocol.send_request(self.protocol.connect())
+        self._send()
+
+    def _send(self) -> None:
+        assert self.transport is not None
+        for data in self.protocol.data_to_send():
+            if data:
+                self.transport.write(data)
+
+    def data_received(self, data: bytes) -> None:
+        self.protocol.receive_data(data)
+        now = 0.0
+        nchan = self.job.flavour == "nchan"
+        for event in self.protocol.events_received():
+            if isinstance(event, Frame):
+                if event.opcode is Opcode.TEXT:
+                    if not now:
+                        now = time.time()
+                    payload = bytes(event.data)
+                    if nchan:
+                        record(self.stats, self.sub, payload, now)
+                    elif payload.startswith(b'{"type":"message"'):
+                        record(self.stats, self.sub, tidings_data(payload), now)
+            elif not self.alive and getattr(event, "status_code", 0) == 101:
+                self.alive = True
+                self.stats.connected += 1
+            elif not self.alive:
+                self.stats.bad_status += 1
+        if now:
+            self.stats.responses += 1
+        self._send()  # pongs
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.alive:
+            self.stats.reconnects += 1
+
+
 async def connect(
-    job: Job, stats: Stats, sub: Subscriber, client: Callable[..., _Client], source: str, tries: int = 5
+    job: Job, stats: Stats, sub: Subscriber, client: Callable[..., asyncio.Protocol], source: str, tries: int = 5
 ) -> None:
     loop = asyncio.get_running_loop()
     for attempt in range(tries):
@@ -232,7 +286,9 @@ async def connect(
 
 
 async def open_subscribers(job: Job, stats: Stats, subs: list[Subscriber], first: int = 0) -> None:
-    client = SSEClient if job.transport == "sse" else LongPollClient
+    client: Callable[..., asyncio.Protocol] = {"sse": SSEClient, "ws": WebSocketClient}.get(
+        job.transport, LongPollClient
+    )
     gate = asyncio.Semaphore(256)
 
     async def one(index: int, sub: Subscriber) -> None:

@@ -45,7 +45,7 @@ def _pin() -> None:
 class Server:
     name = ""
     flavour = ""  # how the load generator talks to it: tidings | nchan
-    transports = ("longpoll", "sse")
+    transports = ("longpoll", "sse", "ws")
 
     def __init__(self) -> None:
         self.port = free_port()
