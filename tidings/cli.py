@@ -5,14 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import http.client
 import json
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, cast
-from urllib.parse import quote, urlencode, urlsplit
 
 from tidings import __version__
 from tidings.config import Settings
@@ -67,52 +64,41 @@ class Failure(Exception):
     """A one-line error for the user; the command exits 1."""
 
 
-class Server:
-    """A keep-alive HTTP connection to a Tidings server."""
+def _http_url(url: str) -> str:
+    url = url if "://" in url else "http://" + url
+    if not url.startswith("http://") or len(url) <= len("http://"):
+        raise Failure(f"not an http:// URL: {url}")
+    return url.rstrip("/")
 
-    def __init__(self, url: str, timeout: float = 10.0) -> None:
-        parts = urlsplit(url if "://" in url else "http://" + url)
-        if parts.scheme != "http" or not parts.hostname:
-            raise Failure(f"not an http:// URL: {url}")
-        self.url = f"http://{parts.netloc}"
-        self.base = parts.path.rstrip("/")
-        self.conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
 
-    def request(
-        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
-    ) -> tuple[int, Any]:
+class HttpPublisher:
+    """Publishes through a server, with `tidings.client`."""
+
+    def __init__(self, url: str) -> None:
+        from tidings.client import Client
+
+        self.url = _http_url(url)
+        self.client = Client(self.url)
+
+    def publish(self, channel: str, message: str, as_json: bool) -> dict[str, Any]:
+        import httpx
+
+        from tidings.client import TidingsError
+
         try:
-            self.conn.request(method, self.base + path, body=body, headers=headers or {})
-            response = self.conn.getresponse()
-            raw = response.read()
-        except (OSError, http.client.HTTPException) as exc:
-            self.conn.close()
-            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-            raise Failure(f"cannot reach {self.url}: {reason}") from None
+            data = json.loads(message) if as_json else message
+        except ValueError as exc:
+            raise Failure(f"not JSON: {exc}") from None
         try:
-            return response.status, json.loads(raw)
-        except ValueError:
-            return response.status, raw.decode("utf-8", "replace")
+            result = self.client.publish(channel, data)
+        except httpx.TransportError as exc:
+            raise Failure(f"cannot reach {self.url}: {exc or type(exc).__name__}") from None
+        except TidingsError as exc:
+            raise Failure(str(exc)) from None
+        return {"id": result.id, "channel": result.channel, "subscribers": result.subscribers}
 
     def close(self) -> None:
-        self.conn.close()
-
-
-def _error_text(status: int, body: Any) -> str:
-    if isinstance(body, dict) and "error" in body:
-        return f"{status} {body['error']}: {body.get('detail')}"
-    return f"{status}: {body}"
-
-
-def publish_one(server: Server, channel: str, message: str, as_json: bool) -> dict[str, Any]:
-    content_type = "application/json" if as_json else "text/plain; charset=utf-8"
-    status, body = server.request(
-        "POST", "/pub/" + quote(channel, safe=""), message.encode(), {"Content-Type": content_type}
-    )
-    if status not in (201, 202):
-        raise Failure(_error_text(status, body))
-    assert isinstance(body, dict)
-    return body
+        self.client.close()
 
 
 class RedisPublisher:
@@ -143,14 +129,11 @@ class RedisPublisher:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    if args.redis:
-        redis = RedisPublisher(args)
-        try:
-            return _publish_loop(args, redis.publish)
-        finally:
-            redis.close()
-    server = Server(args.url)
-    return _publish_loop(args, lambda channel, message, as_json: publish_one(server, channel, message, as_json))
+    publisher = RedisPublisher(args) if args.redis else HttpPublisher(args.url)
+    try:
+        return _publish_loop(args, publisher.publish)
+    finally:
+        publisher.close()
 
 
 def _publish_loop(args: argparse.Namespace, publish: Callable[[str, str, bool], dict[str, Any]]) -> int:
@@ -171,33 +154,35 @@ def _publish_loop(args: argparse.Namespace, publish: Callable[[str, str, bool], 
 
 
 def cmd_subscribe(args: argparse.Namespace) -> int:
-    """Long-poll forever, one JSON line per message, keeping the cursor across reconnects."""
-    server = Server(args.url, timeout=args.timeout + 15)
-    cursor: str | None = args.last_id
-    backoff = 1.0
-    path = "/sub/" + quote(args.channels, safe=",")
-    while True:
-        query = {"timeout": str(args.timeout)}
-        if cursor is not None:
-            query["last_id"] = cursor
+    """Print each message as a JSON line; `tidings.client` keeps the cursor across reconnects."""
+    import logging
+
+    from tidings.client import ChannelDeleted, Client, TidingsError
+
+    # The client reports reconnects and gaps through logging: one line each on stderr.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("tidings: %(message)s"))
+    client_log = logging.getLogger("tidings.client")
+    client_log.addHandler(handler)
+    client_log.setLevel(logging.INFO)
+
+    def gap(channels: list[str]) -> None:
+        print(f"tidings: gap: messages on {', '.join(channels)} are no longer buffered", file=sys.stderr, flush=True)
+
+    with Client(_http_url(args.url), timeout=10.0) as client:
+        channels = [name for name in args.channels.split(",") if name]
         try:
-            status, body = server.request("GET", f"{path}?{urlencode(query)}")
-        except Failure as exc:
-            print(f"tidings: {exc}; retrying in {backoff:g}s", file=sys.stderr, flush=True)
-            time.sleep(backoff)
-            backoff = min(backoff * 2, 30.0)
-            continue
-        if status == 410:
-            print(f"tidings: channel deleted: {body.get('detail')}", file=sys.stderr)
+            for message in client.subscribe(
+                *channels, last_id=args.last_id, transport=args.transport, poll_timeout=args.timeout, on_gap=gap
+            ):
+                line = {"id": message.id, "channel": message.channel, "data": message.data, "time": message.time}
+                print(json.dumps(line, ensure_ascii=False), flush=True)
+        except ChannelDeleted as exc:
+            print(f"tidings: {exc}", file=sys.stderr)
             return 0
-        if status != 200:
-            raise Failure(_error_text(status, body))
-        backoff = 1.0
-        if body.get("gap"):
-            print("tidings: gap: some messages after the cursor are no longer buffered", file=sys.stderr, flush=True)
-        for message in body["messages"]:
-            print(json.dumps(message, ensure_ascii=False), flush=True)
-        cursor = body["last_id"]
+        except TidingsError as exc:
+            raise Failure(str(exc)) from None
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -226,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     subscribe.add_argument("--url", default=url_default, help=url_help)
     subscribe.add_argument("--last-id", help="resume after this cursor ('oldest': the whole buffer)")
     subscribe.add_argument("--timeout", type=float, default=30.0, help="long-poll hold in seconds")
+    subscribe.add_argument("--transport", choices=("longpoll", "sse", "ws"), default="longpoll")
     proxy = commands.add_parser("zmq-proxy", help="run the ZeroMQ forwarder that --broker zmq:// processes share")
     proxy.add_argument("--frontend", default="tcp://127.0.0.1:5560", help="where publishers connect (XSUB)")
     proxy.add_argument("--backend", default="tcp://127.0.0.1:5561", help="where subscribers connect (XPUB)")
