@@ -3,7 +3,7 @@
   "use strict";
   var params = new URLSearchParams(location.search);
   var channel = params.get("channel") || "chat";
-  var transport = params.get("transport") === "sse" ? "sse" : "longpoll";
+  var transport = ["ws", "sse", "longpoll"].indexOf(params.get("transport")) >= 0 ? params.get("transport") : "auto";
   var form = document.getElementById("chatform");
   var nick = document.getElementById("nick");
   var message = document.getElementById("message");
@@ -30,16 +30,19 @@
   }
 
   function show(msg) {
-    if (seen.has(msg.id)) return;
-    seen.add(msg.id);
+    if (msg.id !== null) {  // live-only messages (a plain Redis PUBLISH) have no id
+      if (seen.has(msg.id)) return;
+      seen.add(msg.id);
+    }
     var data = msg.data;
     var who = data && typeof data === "object" ? String(data.nick || "anonymous") : "anonymous";
     var text = data && typeof data === "object" ? String(data.message != null ? data.message : JSON.stringify(data)) : String(data);
     var when = new Date(msg.time).toLocaleTimeString();
-    line("msg", [["time", "when", when], ["b", "nick", who], ["span", "text", text]]).dataset.id = msg.id;
+    line("msg", [["time", "when", when], ["b", "nick", who], ["span", "text", text]]).dataset.id = msg.id || "";
   }
 
-  Tidings.subscribe("", channel, show, {
+  // Kept on the window so that the page's state can be looked at (e.g. which transport "auto" chose).
+  window.tidingsSubscription = Tidings.subscribe("", channel, show, {
     transport: transport,
     lastId: "oldest",
     onGap: function () { line("notice", [["span", "", "Some messages were missed while disconnected."]]); },

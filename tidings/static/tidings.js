@@ -1,6 +1,10 @@
-/* Tidings browser client: long-poll or Server-Sent Events with cursor resume.
+/* Tidings browser client: WebSocket, Server-Sent Events or long-poll, with cursor resume.
  *
- *   const sub = Tidings.subscribe("", "chat", (msg) => ..., {transport: "sse", onGap, onStatus});
+ *   const sub = Tidings.subscribe("", "chat", (msg) => ..., {transport: "auto", onGap, onStatus});
+ *
+ * `transport`: "ws", "sse", "longpoll", or "auto" (the default: WebSocket, falling back to
+ * SSE and then long-poll when a transport cannot even connect — e.g. a proxy that does not
+ * pass WebSocket upgrades — and keeping the first one that worked).
  *   sub.close();
  *   await Tidings.publish("", "chat", {nick: "ann", message: "hi"});
  *
@@ -19,7 +23,11 @@
 
   function subscribe(url, channels, onMessage, options) {
     options = options || {};
-    var transport = options.transport || "longpoll";
+    var modes = ["ws", "sse", "longpoll"];
+    var transport = options.transport || "auto";
+    var auto = transport === "auto";
+    var mode = auto ? 0 : Math.max(0, modes.indexOf(transport));
+    var proven = false;   // the current mode has connected once: no more falling back
     var path = channelList(channels);
     var cursor = options.lastId || null;
     var backoff = 1000;
@@ -27,6 +35,7 @@
     var retryTimer = null;
     var abort = null;     // AbortController of the poll in flight
     var source = null;    // EventSource when streaming
+    var socket = null;    // WebSocket
     var status = null;
     var fresh = true;     // first poll after (re)connecting answers at once: history + "connected"
 
@@ -64,6 +73,7 @@
           }
           if (!response.ok) throw new Error("HTTP " + response.status);
           return response.json().then(function (body) {
+            proven = true;
             setStatus("connected");
             backoff = 1000;
             fresh = false;
@@ -78,10 +88,47 @@
         });
     }
 
+    // Before a transport has ever connected, "auto" moves on to the next one at once.
+    function failed(reason) {
+      if (auto && !proven && mode < modes.length - 1) {
+        mode += 1;
+        connect();
+      } else {
+        retryLater(reason);
+      }
+    }
+
+    function websocket() {
+      var base = (url || location.origin).replace(/^http/, "ws");
+      var query = cursor ? "?last_id=" + encodeURIComponent(cursor) : "";
+      var opened = false;
+      socket = new WebSocket(base + "/ws/" + path + query);
+      socket.onopen = function () { opened = true; proven = true; setStatus("connected"); backoff = 1000; };
+      socket.onmessage = function (event) {
+        var frame = JSON.parse(event.data);
+        if (frame.type === "message") {
+          cursor = frame.last_id;
+          onMessage(frame.message);
+        } else if (frame.type === "gap") {
+          gap(frame.channels);
+        } else if (frame.type === "closed") {
+          socket.onclose = null;
+          socket.close();
+          ended(frame);
+        }
+      };
+      socket.onclose = function () {
+        socket = null;
+        if (closed) return;
+        if (opened) retryLater("socket closed"); else failed("socket did not open");
+      };
+    }
+
     function stream() {
       var query = cursor ? "?last_event_id=" + encodeURIComponent(cursor) : "";
+      var opened = false;
       source = new EventSource(url + "/sse/" + path + query);
-      source.onopen = function () { setStatus("connected"); backoff = 1000; };
+      source.onopen = function () { opened = true; proven = true; setStatus("connected"); backoff = 1000; };
       source.onmessage = function (event) {
         cursor = event.lastEventId || cursor;
         onMessage(JSON.parse(event.data));
@@ -94,7 +141,7 @@
       source.onerror = function () {
         // Take reconnection over from the browser: our back-off, our cursor.
         source.close();
-        retryLater("stream interrupted");
+        if (opened) retryLater("stream interrupted"); else failed("stream did not open");
       };
     }
 
@@ -102,8 +149,10 @@
       retryTimer = null;
       fresh = true;
       if (closed) return;
-      setStatus("connecting");
-      if (transport === "sse") stream(); else poll();
+      setStatus("connecting", { transport: modes[mode] });
+      if (modes[mode] === "ws") websocket();
+      else if (modes[mode] === "sse") stream();
+      else poll();
     }
 
     connect();
@@ -113,9 +162,11 @@
         if (retryTimer) clearTimeout(retryTimer);
         if (abort) abort.abort();
         if (source) source.close();
+        if (socket) { socket.onclose = null; socket.close(); }
         setStatus("closed");
       },
       get cursor() { return cursor; },
+      get transport() { return modes[mode]; },
     };
   }
 

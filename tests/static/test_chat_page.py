@@ -1,0 +1,106 @@
+"""The chat page in a real browser: headless Chromium (Debian's package) driven by Playwright."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+from conftest import ServerProcess, free_port
+from playwright.sync_api import Browser, Page, sync_playwright
+
+CHROMIUM = next(
+    (path for path in ("/usr/lib/chromium/chromium", "/usr/bin/chromium") if os.path.exists(path)), "/usr/bin/chromium"
+)
+WAIT_MS = 10_000
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not os.path.exists(CHROMIUM):
+        pytest.fail("chromium is not installed (Debian package chromium; .ci/run installs it)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+def open_chat(browser: Browser, srv: ServerProcess, channel: str, transport: str | None = None) -> Page:
+    page = browser.new_context().new_page()
+    query = f"?channel={channel}" + (f"&transport={transport}" if transport else "")
+    page.goto(srv.url + "/" + query)
+    wait_connected(page)
+    return page
+
+
+def wait_connected(page: Page) -> None:
+    page.wait_for_function("document.getElementById('status').dataset.state === 'connected'", timeout=WAIT_MS)
+
+
+def say(page: Page, nick: str, text: str) -> None:
+    page.fill("#nick", nick)
+    page.fill("#message", text)
+    page.press("#message", "Enter")
+
+
+def wait_for_text(page: Page, text: str) -> None:
+    page.wait_for_function(
+        "(text) => [...document.querySelectorAll('#conversation .text')].some((e) => e.textContent === text)",
+        arg=text,
+        timeout=WAIT_MS,
+    )
+
+
+@pytest.mark.parametrize("transport", ["longpoll", "sse", "ws"])
+def test_two_pages_chat(browser: Browser, server: ServerProcess, channel: str, transport: str) -> None:
+    ann = open_chat(browser, server, channel, transport)
+    bob = open_chat(browser, server, channel, transport)
+    assert ann.evaluate("window.tidingsSubscription.transport") == transport
+    say(ann, "ann", f"hello from ann over {transport}")
+    wait_for_text(bob, f"hello from ann over {transport}")
+    say(bob, "bob", "hi ann")
+    wait_for_text(ann, "hi ann")
+    assert bob.inner_text("#conversation .msg:last-child .nick") == "bob"
+    ann.context.close()
+    bob.context.close()
+
+
+def test_auto_picks_websocket(browser: Browser, server: ServerProcess, channel: str) -> None:
+    page = open_chat(browser, server, channel)
+    assert page.evaluate("window.tidingsSubscription.transport") == "ws"
+    page.context.close()
+
+
+def test_markup_in_a_message_is_text_and_history_survives_a_reload(
+    browser: Browser, server: ServerProcess, channel: str
+) -> None:
+    page = open_chat(browser, server, channel)
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    attack = "<img src=x onerror=alert(1)>"
+    say(page, "mallory", attack)
+    wait_for_text(page, attack)
+    assert page.locator("#conversation img").count() == 0 and dialogs == []
+    page.reload()
+    wait_connected(page)
+    wait_for_text(page, attack)  # history: the page starts from the oldest buffered message
+    assert page.locator("#conversation .msg").count() == 1
+    page.context.close()
+
+
+def test_the_page_reconnects_after_a_server_restart(
+    browser: Browser, start_server: Callable[..., ServerProcess], channel: str
+) -> None:
+    port = str(free_port())
+    srv = start_server("--port", port)
+    page = open_chat(browser, srv, channel)
+    srv.kill()
+    page.wait_for_function("document.getElementById('status').dataset.state === 'reconnecting'", timeout=WAIT_MS)
+    srv = start_server("--port", port)
+    page.wait_for_function(
+        "document.getElementById('status').dataset.state === 'connected'", timeout=40_000
+    )  # the back-off may be at a few seconds by now
+    httpx.post(f"{srv.url}/pub/{channel}", json={"nick": "server", "message": "back again"}, timeout=10)
+    wait_for_text(page, "back again")
+    page.context.close()
