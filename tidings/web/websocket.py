@@ -32,6 +32,7 @@ from websockets.server import ServerProtocol
 from tidings.brokers import Published
 from tidings.hub import (
     MAX_CHANNELS_PER_REQUEST,
+    ZERO_ID,
     Batch,
     Cursor,
     Message,
@@ -88,11 +89,21 @@ class WebSocketStream(Stream):
     def __init__(self, app: App, conn: HttpConnection, protocol: ServerProtocol) -> None:
         super().__init__(app, conn, (), FORMAT)
         self.protocol = protocol
-        self.build = self._frame_with_cursor  # the channel set can change: every frame has its cursor
         self.inbox: list[bytes] | None = []  # what arrives before the first read is answered
 
-    def start(self, channels: tuple[str, ...], cursor: Cursor, batch: Batch) -> None:
+    def _set_channels(self, channels: tuple[str, ...]) -> None:
+        # One channel: the frame (cursor = the message id) is shared by every socket on it.
         self.channels = channels
+        self.build = self._shared_frame if len(channels) == 1 else self._frame_with_cursor
+
+    def deliver(self, message: Message) -> None:
+        super().deliver(message)
+        # Kept up to date on shared frames too, for when the socket subscribes to more channels.
+        if message.id > self.positions.get(message.channel, ZERO_ID):
+            self.positions[message.channel] = message.id
+
+    def start(self, channels: tuple[str, ...], cursor: Cursor, batch: Batch) -> None:
+        self._set_channels(channels)
         self.begin(cursor, batch)
         inbox, self.inbox = self.inbox, None
         for data in inbox or ():
@@ -189,8 +200,7 @@ class WebSocketStream(Stream):
     def _add(self, channels: tuple[str, ...], cursor: Cursor, batch: Batch) -> None:
         if self.conn.closed:
             return
-        self.channels = tuple(dict.fromkeys(self.channels + channels))
-        self.build = self._frame_with_cursor
+        self._set_channels(tuple(dict.fromkeys(self.channels + channels)))
         if batch.gaps:
             self.push(FORMAT.event("gap", {"channels": batch.gaps}))
         self.positions.update(batch.positions)
@@ -202,7 +212,7 @@ class WebSocketStream(Stream):
     def _unsubscribe(self, channels: list[str]) -> None:
         gone = [name for name in channels if name in self.channels]
         self.app.hub.leave(gone, self)
-        self.channels = tuple(name for name in self.channels if name not in gone)
+        self._set_channels(tuple(name for name in self.channels if name not in gone))
         for name in gone:
             self.positions.pop(name, None)
 
