@@ -1,4 +1,4 @@
-"""python -m bench [--quick] [--smoke] [--servers tidings,nchan] [--scenarios ABCD] [--repeat N]"""
+"""python -m bench [--quick] [--smoke] [--servers tidings,nchan] [--scenarios ABCD] [--transports ...] [--repeat N]"""
 
 from __future__ import annotations
 
@@ -25,6 +25,9 @@ def main() -> int:
     )
     parser.add_argument("--servers", default=",".join(SERVERS), help=f"comma-separated, of {', '.join(SERVERS)}")
     parser.add_argument("--scenarios", default="ABCD", help="letters of the scenarios to run")
+    parser.add_argument(
+        "--transports", default=",".join(harness.TRANSPORTS), help="comma-separated, of longpoll, sse, ws"
+    )
     parser.add_argument("--repeat", type=int, help="repetitions per case (medians are reported)")
     parser.add_argument("--out", type=Path, help="folder for <date>.md and the plot (default bench/results)")
     args = parser.parse_args()
@@ -61,7 +64,8 @@ def main() -> int:
         log("no server to measure")
         return 1
 
-    rows = harness.run(plan, factories, set(args.scenarios.upper()), log)
+    transports = tuple(name for name in args.transports.split(",") if name in harness.TRANSPORTS)
+    rows = harness.run(plan, factories, set(args.scenarios.upper()), log, transports)
     mode = "quick" if args.quick else "full"
     stamp = datetime.datetime.now().strftime("%Y-%m-%d")
     text = "\n".join([f"## Results {stamp} ({mode}, {plan.repeat} repetition(s), medians)", "",

@@ -195,11 +195,17 @@ def median_row(scenario: str, case: str, server: str, samples: list[dict[str, fl
     return Row(scenario, case, server, merged, samples)
 
 
+TRANSPORTS = ("longpoll", "sse", "ws")
+
+
 def run(
-    plan: Plan, factories: dict[str, Callable[[], Server]], scenarios: set[str], log: Callable[[str], None]
+    plan: Plan,
+    factories: dict[str, Callable[[], Server]],
+    scenarios: set[str],
+    log: Callable[[str], None],
+    transports: tuple[str, ...] = TRANSPORTS,
 ) -> list[Row]:
     rows: list[Row] = []
-    transports = ("longpoll", "sse", "ws")
 
     def each(scenario: str, case: str, job_fields: dict[str, Any]) -> None:
         for name, factory in factories.items():
@@ -245,4 +251,4 @@ def run(
     return rows
 
 
-__all__ = ["FULL", "QUICK", "SERVER_CPU", "Plan", "Row", "run"]
+__all__ = ["FULL", "QUICK", "SERVER_CPU", "TRANSPORTS", "Plan", "Row", "run"]
