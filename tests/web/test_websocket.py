@@ -191,3 +191,19 @@ def _publish(srv: ServerProcess, channel: str, data: object) -> str:
 def _count(srv: ServerProcess, channel: str) -> int:
     with httpx.Client(base_url=srv.url, timeout=10) as client:
         return subscribers(client, channel)
+
+
+def test_adding_a_channel_keeps_the_cursor_of_the_first(server: ServerProcess, channel: str) -> None:
+    other = channel + "-b"
+
+    async def scenario() -> None:
+        async with connect(ws_url(server, f"/ws/{channel}")) as ws:
+            await asyncio.to_thread(wait_until, lambda: _count(server, channel) == 1, 5, "the socket to subscribe")
+            first = _publish(server, channel, "one")
+            assert (await frame(ws))["last_id"] == first  # one channel: the cursor is the id
+            await ws.send(json.dumps({"subscribe": [other]}))
+            await asyncio.to_thread(wait_until, lambda: _count(server, other) == 1, 5, "the second subscription")
+            second = _publish(server, other, "two")
+            assert (await frame(ws))["last_id"] == f"{channel}:{first},{other}:{second}"
+
+    asyncio.run(scenario())

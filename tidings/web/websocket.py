@@ -92,15 +92,16 @@ class WebSocketStream(Stream):
         self.inbox: list[bytes] | None = []  # what arrives before the first read is answered
 
     def _set_channels(self, channels: tuple[str, ...]) -> None:
-        # One channel: the frame (cursor = the message id) is shared by every socket on it.
+        # One channel: the frame (cursor = the message id) is shared by every socket on it, and
+        # positions are not kept per message; on the way to several, catch them up: every
+        # message up to the channel's last id has been queued to this socket.
+        if len(self.channels) == 1 and len(channels) > 1:
+            (name,) = self.channels
+            ch = self.app.hub.get(name)
+            if ch is not None and ch.last_id > self.positions.get(name, ZERO_ID):
+                self.positions[name] = ch.last_id
         self.channels = channels
         self.build = self._shared_frame if len(channels) == 1 else self._frame_with_cursor
-
-    def deliver(self, message: Message) -> None:
-        super().deliver(message)
-        # Kept up to date on shared frames too, for when the socket subscribes to more channels.
-        if message.id > self.positions.get(message.channel, ZERO_ID):
-            self.positions[message.channel] = message.id
 
     def start(self, channels: tuple[str, ...], cursor: Cursor, batch: Batch) -> None:
         self._set_channels(channels)
