@@ -110,26 +110,40 @@ def plot(rows: list[Row], path: Path, log: Callable[[str], None]) -> bool:
     except ImportError:
         log("matplotlib is not installed (pip install -e '.[bench]'): no plot")
         return False
-    fig, (rss_ax, cdf_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for server in sorted({r.server for r in rows if r.scenario == "A"}):
-        for transport in ("longpoll", "sse"):
-            points = [r for r in rows if r.scenario == "A" and r.server == server and r.case.startswith(transport)]
-            if points:
-                rss_ax.plot([r.metrics["held"] for r in points], [r.metrics["rss_mib"] for r in points], marker="o",
-                            label=f"{server} {transport}")  # fmt: skip
-    rss_ax.set(xlabel="held subscribers", ylabel="server RSS (MiB)", title="A. Idle capacity")
-    rss_ax.legend(fontsize=8)
-    cases = list(dict.fromkeys(r.case for r in rows if r.scenario == "B"))
-    colours = plt.get_cmap("tab10")
-    for row in rows:
-        if row.scenario == "B" and "cdf_ms" in row.extra:
+    idle = [r for r in rows if r.scenario == "A"]
+    fanout = [r for r in rows if r.scenario == "B" and "cdf_ms" in r.extra]
+    panels = int(bool(idle)) + int(bool(fanout))
+    if not panels:
+        return False
+    fig, axes = plt.subplots(1, panels, figsize=(7 * panels, 5.5), squeeze=False)
+    next_ax = iter(axes[0])
+    if idle:
+        rss_ax = next(next_ax)
+        for server in sorted({r.server for r in idle}):
+            for transport in ("longpoll", "sse", "ws"):
+                points = [r for r in idle if r.server == server and r.case.startswith(transport + " ")]
+                if points:
+                    rss_ax.plot([r.metrics["held"] for r in points], [r.metrics["rss_mib"] for r in points],
+                                marker="o", label=f"{server} {transport}")  # fmt: skip
+        rss_ax.set(xlabel="held subscribers", ylabel="server RSS (MiB)", title="A. Idle capacity")
+        rss_ax.legend(fontsize=8)
+    if fanout:
+        cdf_ax = next(next_ax)
+        cases = list(dict.fromkeys(r.case for r in fanout))
+        servers = list(dict.fromkeys(r.server for r in fanout))
+        styles = ["-", ":", "-."]  # per Tidings server; dashed: the reference server
+        colours = plt.get_cmap("tab10")
+        for row in fanout:
             cdf = row.extra["cdf_ms"]
-            style = "--" if row.server == REFERENCE else "-"  # dashed: the reference server
+            style = "--" if row.server == REFERENCE else styles[servers.index(row.server) % len(styles)]
             colour = colours(cases.index(row.case) % 10)
             cdf_ax.plot(cdf, [p / 100 for p in range(len(cdf))], style, color=colour, label=f"{row.server} {row.case}")
-    cdf_ax.set(xlabel="publish → receive latency (ms)", ylabel="fraction of deliveries", title="B. Fan-out latency CDF")
-    cdf_ax.set_xscale("log")
-    cdf_ax.legend(fontsize=7)
+        cdf_ax.set(
+            xlabel="publish → receive latency (ms)", ylabel="fraction of deliveries", title="B. Fan-out latency CDF"
+        )
+        cdf_ax.set_xscale("log")
+        # The legend goes below the axes: with a dozen cases it would hide the curves.
+        cdf_ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
