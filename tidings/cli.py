@@ -34,6 +34,9 @@ _HELP = {
     "max_header_bytes": "most bytes of headers a request may have",
     "max_url_bytes": "longest request target",
     "shutdown_grace": "seconds to let final answers drain at shutdown",
+    "cors_origin": "origins whose pages may use this server (comma-separated, or *)",
+    "max_connections": "open connections at most (beyond: 503 and close; 0: no limit)",
+    "max_subscribers_per_channel": "subscribers per channel at most, in this process (beyond: 403; 0: no limit)",
     "log_level": "debug, info, warning or error",
 }
 

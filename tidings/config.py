@@ -24,4 +24,7 @@ class Settings:
     max_header_bytes: int = 16384
     max_url_bytes: int = 8192
     shutdown_grace: float = 3.0  # seconds to let answers drain at shutdown
+    cors_origin: str = ""  # origins allowed cross-origin (comma-separated, or *); none by default
+    max_connections: int = 0  # 0: no limit but the process's file descriptors
+    max_subscribers_per_channel: int = 0  # 0: no limit
     log_level: str = "info"

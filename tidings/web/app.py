@@ -39,6 +39,7 @@ class App:
         self.timeouts = TimeoutWheel(loop)
         self.streams = StreamRegistry(loop, settings.heartbeat, settings.stream_buffer_bytes)
         self.static = static.StaticFiles()
+        self.cors = Cors(settings.cors_origin) if settings.cors_origin else None
         self.tasks: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.TimerHandle | None = None
 
@@ -62,6 +63,10 @@ class App:
             conn.shutdown()
 
     def connection_opened(self, conn: HttpConnection) -> None:
+        limit = self.settings.max_connections
+        if limit and len(self.connections) >= limit:
+            conn.refuse(HttpError(503, "too_many_connections", f"this server holds at most {limit} connections"))
+            return
         self.connections.add(conn)
 
     def connection_closed(self, conn: HttpConnection) -> None:
@@ -165,6 +170,13 @@ class App:
     # -- routing
 
     def handle(self, request: Request, conn: HttpConnection) -> None:
+        if self.cors is not None:
+            origin = request.header(b"origin")
+            if origin and self.cors.allows(origin):
+                conn.response_headers = self.cors.headers(origin)
+                if request.method == "OPTIONS" and request.header(b"access-control-request-method"):
+                    conn.respond(204, b"", extra_headers=self.cors.preflight)
+                    return
         try:
             self._route(request, conn)
         except TidingsError as exc:
@@ -176,6 +188,7 @@ class App:
         if head == "sub" and rest:
             _allow(method, "GET")
             channels = parse_channels(rest)
+            check_room(self, channels)
             if "text/event-stream" in request.header(b"accept"):
                 sse.subscribe(self, request, conn, channels)
             else:
@@ -186,15 +199,13 @@ class App:
                 publish.publish(self, request, conn, rest)
             else:
                 publish.delete(self, request, conn, rest)
-        elif head == "sse" and rest:
+        elif head in ("sse", "stream", "ws") and (rest or head == "ws"):
             _allow(method, "GET")
-            sse.subscribe(self, request, conn, parse_channels(rest))
-        elif head == "stream" and rest:
-            _allow(method, "GET")
-            stream.subscribe(self, request, conn, parse_channels(rest))
-        elif head == "ws":
-            _allow(method, "GET")
-            websocket.subscribe(self, request, conn, parse_channels(rest) if rest else ())
+            channels = parse_channels(rest) if rest else ()
+            check_room(self, channels)
+            {"sse": sse.subscribe, "stream": stream.subscribe, "ws": websocket.subscribe}[head](
+                self, request, conn, channels
+            )
         elif head == "channels" and rest:
             _allow(method, "GET", "HEAD")
             info.channel(self, conn, rest)
@@ -205,6 +216,37 @@ class App:
             pass
         else:
             raise HttpError(404, "not_found", f"no such resource: {request.path[:200]}")
+
+
+class Cors:
+    """Which other origins' pages may use this server, and the headers that say so."""
+
+    def __init__(self, spec: str) -> None:
+        self.origins = {origin.strip().rstrip("/") for origin in spec.replace(" ", ",").split(",") if origin.strip()}
+        self.any = "*" in self.origins
+        self.preflight = (
+            b"Access-Control-Allow-Methods: GET, POST, DELETE, OPTIONS\r\n"
+            b"Access-Control-Allow-Headers: Content-Type, Authorization, Last-Event-ID\r\n"
+            b"Access-Control-Max-Age: 600\r\n"
+        )
+
+    def allows(self, origin: str) -> bool:
+        return self.any or origin in self.origins
+
+    def headers(self, origin: str) -> bytes:
+        if self.any:
+            return b"Access-Control-Allow-Origin: *\r\n"
+        return b"Access-Control-Allow-Origin: %s\r\nVary: Origin\r\n" % origin.encode("latin-1")
+
+
+def check_room(app: App, channels: tuple[str, ...]) -> None:
+    """403 when a channel already has as many subscribers here as allowed."""
+    limit = app.settings.max_subscribers_per_channel
+    if limit:
+        for name in channels:
+            ch = app.hub.get(name)
+            if ch is not None and ch.subscribers >= limit:
+                raise HttpError(403, "too_many_subscribers", f"channel {name} has {limit} subscribers already")
 
 
 def _allow(method: str, *allowed: str) -> None:

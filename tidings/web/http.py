@@ -168,6 +168,7 @@ class HttpConnection(asyncio.Protocol):
         "parser",
         "pipeline",
         "request",
+        "response_headers",
         "state",
         "stopping",
         "timer",
@@ -189,6 +190,7 @@ class HttpConnection(asyncio.Protocol):
         self.pipeline: deque[Request] | None = None  # created when a client pipelines
         self.stopping = False
         self.upgraded: Upgraded | None = None  # after a protocol upgrade (WebSocket): gets the bytes
+        self.response_headers = b""  # added to every answer to the current request (CORS)
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._header_bytes = 0
@@ -355,7 +357,7 @@ class HttpConnection(asyncio.Protocol):
         if self.state != _BUSY or self.transport is None:
             return
         keep_alive = self.keep_alive
-        data = response_bytes(status, body, content_type, keep_alive, extra_headers)
+        data = response_bytes(status, body, content_type, keep_alive, extra_headers + self.response_headers)
         if self.request is not None and self.request.method == "HEAD":
             data = data[: len(data) - len(body)]  # the same headers, no body
         self.transport.write(data)
@@ -379,6 +381,7 @@ class HttpConnection(asyncio.Protocol):
     def _finish(self, keep_alive: bool) -> None:
         self.held = None
         self.request = None
+        self.response_headers = b""
         if not keep_alive:
             self.close()
             return
@@ -422,10 +425,11 @@ class HttpConnection(asyncio.Protocol):
                 self.transport.write(preamble)
             return
         framing = b"Transfer-Encoding: chunked\r\n" if self.request.http11 else b"Connection: close\r\n"
-        head = b"%sContent-Type: %s\r\nCache-Control: no-store\r\nX-Accel-Buffering: no\r\n%s%s\r\n" % (
+        head = b"%sContent-Type: %s\r\nCache-Control: no-store\r\nX-Accel-Buffering: no\r\n%s%s%s\r\n" % (
             status_line(200),
             content_type,
             extra_headers,
+            self.response_headers,
             framing,
         )
         self.transport.write(head + self._frame(preamble) if preamble else head)
@@ -465,6 +469,12 @@ class HttpConnection(asyncio.Protocol):
         return self.transport.get_write_buffer_size() if self.transport is not None else 0
 
     # -- lifecycle
+
+    def refuse(self, error: HttpError) -> None:
+        """Answer before any request was read (e.g. too many connections), then close."""
+        if self.transport is not None and self.state == _IDLE:
+            self.transport.write(response_bytes(error.status, error_body(error.error, error.detail), keep_alive=False))
+        self.close()
 
     def close(self) -> None:
         self.state = _CLOSING

@@ -34,7 +34,13 @@ def answer(
     positions: dict[str, MessageId],
     gap: bool = False,
 ) -> None:
-    if len(messages) == 1 and len(channels) == 1 and gap == messages[0].after_loss and conn.keep_alive:
+    if (
+        len(messages) == 1
+        and len(channels) == 1
+        and gap == messages[0].after_loss
+        and conn.keep_alive
+        and not conn.response_headers  # per-request headers (CORS) cannot go into shared bytes
+    ):
         # The common answer after a fan-out, built once and shared by every subscriber of the channel.
         conn.respond_raw(messages[0].frame("longpoll", _one_message_response), True)
     else:
