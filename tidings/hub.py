@@ -321,6 +321,8 @@ class Hub:
         self.ttl_ms = int(buffer_ttl * 1000)
         self.follows_bus = follows_bus
         self.channels: dict[str, Channel] = {}
+        self.messages_ingested = 0  # for metrics: messages taken in, and deliveries made of them
+        self.deliveries = 0
         # What this hub knows nothing before: its start. A cursor older than that on a
         # channel this hub never saw may have missed messages (e.g. across a restart).
         self.floor = MessageId(now_ms, 0)
@@ -394,6 +396,8 @@ class Hub:
             reached += len(streams)
             for stream in streams:
                 stream.deliver(message)
+        self.messages_ingested += 1
+        self.deliveries += reached
         return reached
 
     def delete(self, name: str) -> int | None:

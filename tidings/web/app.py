@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 from tidings.brokers import Broker, BrokerUnavailable
 from tidings.config import Settings
 from tidings.hub import DEFAULT_BATCH, Batch, Cursor, Hub, TidingsError, parse_channels, wall_clock_ms
-from tidings.web import info, longpoll, publish, sse, static, stream, websocket
+from tidings.web import info, longpoll, metrics, publish, sse, static, stream, websocket
 from tidings.web.batch import TurnBatcher
 from tidings.web.http import HttpConnection, HttpError, Limits, Request, error_body
 from tidings.web.streaming import StreamRegistry
@@ -40,6 +40,8 @@ class App:
         self.streams = StreamRegistry(loop, settings.heartbeat, settings.stream_buffer_bytes)
         self.static = static.StaticFiles()
         self.cors = Cors(settings.cors_origin) if settings.cors_origin else None
+        self.stats = metrics.Stats()
+        self.metrics = metrics.Metrics(self)
         self.tasks: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.TimerHandle | None = None
 
@@ -209,6 +211,9 @@ class App:
         elif head == "channels" and rest:
             _allow(method, "GET", "HEAD")
             info.channel(self, conn, rest)
+        elif request.path == "/metrics":
+            _allow(method, "GET")
+            metrics.serve(self, conn)
         elif request.path == "/healthz":
             _allow(method, "GET", "HEAD")
             info.health(self, conn)

@@ -110,6 +110,8 @@ def subscribe(app: App, request: Request, conn: HttpConnection, channels: tuple[
     timeout = params.seconds(query, "timeout", app.settings.poll_timeout, app.settings.max_poll_timeout)
 
     def answer_or_wait(batch: Batch) -> None:
+        if batch.gaps:
+            app.stats.gaps_served += 1
         if batch.messages or batch.gaps or timeout == 0 or conn.stopping:
             answer(conn, channels, batch.messages, batch.positions, bool(batch.gaps))
             return

@@ -4,6 +4,7 @@ subscriptions. Both go through the broker, so they reach every process on the bu
 from __future__ import annotations
 
 import json
+import time
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
@@ -45,7 +46,18 @@ def message_data(request: Request) -> JSONValue:
 def publish(app: App, request: Request, conn: HttpConnection, channel: str) -> None:
     validate_channel(channel)
     data = message_data(request)
-    app.call_broker(conn, lambda: app.broker.publish(channel, data), lambda result: _answer_publish(conn, result))
+    started = time.perf_counter()
+
+    def answer(result: Published) -> None:
+        app.stats.publishes += 1
+        app.metrics.observe_publish(started)
+        _answer_publish(conn, result)
+
+    def fail(status: int, error: str, detail: str) -> None:
+        app.stats.publish_errors += 1
+        conn.respond(status, error_body(error, detail))
+
+    app.call_broker(conn, lambda: app.broker.publish(channel, data), answer, on_error=fail)
 
 
 def delete(app: App, request: Request, conn: HttpConnection, channel: str) -> None:

@@ -90,6 +90,7 @@ class Stream:
         self.chunked = False  # the backlog goes out unframed, as the stream's preamble
         parts = [fmt.preamble()]
         if batch.gaps:
+            self.app.stats.gaps_served += 1
             parts.append(fmt.event("gap", {"channels": batch.gaps}))
         self.positions = dict(batch.positions)
         for message in batch.messages:  # rewind, so each backlog frame carries its own cursor
@@ -116,6 +117,7 @@ class Stream:
         if message.id <= self.seen_to.get(message.channel, ZERO_ID) and not message.live:
             return  # sent already, or the client had it (its cursor was ahead of this process)
         if message.after_loss:
+            self.app.stats.gaps_served += 1
             self.push(self.fmt.event("gap", {"channels": [message.channel]}))
         self._queue(self.build(message))
 
@@ -134,6 +136,7 @@ class Stream:
         """The client does not read fast enough: end its stream instead of buffering without
         bound; it resumes from its cursor."""
         self._leave()
+        self.app.stats.slow_disconnects += 1
         conn = self.conn
         self.end(self.fmt.event("slow", {"detail": "the client did not keep up; resume from your cursor"}), slow=True)
         self.app.loop.call_later(SLOW_CLOSE_GRACE, conn.abort)

@@ -1,0 +1,97 @@
+"""GET /metrics: Prometheus text format (prometheus-client). Figures are read from the hub, the
+broker and the open connections when scraped, so the delivery path pays nothing per subscriber;
+only the publish latency histogram is fed per publish."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from tidings.web.http import HttpConnection
+
+if TYPE_CHECKING:
+    from tidings.web.app import App
+
+CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+
+
+class Stats:
+    """Counters the transports bump where an event happens (a few per request, none per delivery)."""
+
+    def __init__(self) -> None:
+        self.gaps_served = 0
+        self.slow_disconnects = 0
+        self.publishes = 0
+        self.publish_errors = 0
+
+
+class TidingsCollector(Collector):
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    def collect(self) -> Iterator[Metric]:
+        app, hub = self.app, self.app.hub
+        by_transport: Counter[str] = Counter(_transport(conn) for conn in app.connections)
+        connections = GaugeMetricFamily("tidings_connections", "Open connections by what they do", labels=["transport"])
+        for transport in ("idle", "longpoll", "sse", "stream", "ws", "request"):
+            connections.add_metric([transport], by_transport.get(transport, 0))
+        yield connections
+        yield GaugeMetricFamily("tidings_channels", "Channels held in this process", value=len(hub.channels))
+        yield GaugeMetricFamily(
+            "tidings_subscribers",
+            "Subscribers in this process",
+            value=sum(ch.subscribers for ch in hub.channels.values()),
+        )
+        yield CounterMetricFamily("tidings_publishes", "Publishes accepted by this process", value=app.stats.publishes)
+        yield CounterMetricFamily(
+            "tidings_publish_errors", "Publishes refused by the broker (503)", value=app.stats.publish_errors
+        )
+        yield CounterMetricFamily("tidings_messages", "Messages taken in from the bus", value=hub.messages_ingested)
+        yield CounterMetricFamily("tidings_deliveries", "Messages handed to subscribers", value=hub.deliveries)
+        yield CounterMetricFamily(
+            "tidings_gaps_served", "Answers and streams told of a gap", value=app.stats.gaps_served
+        )
+        yield CounterMetricFamily(
+            "tidings_slow_disconnects",
+            "Streams ended because the client read too slowly",
+            value=app.stats.slow_disconnects,
+        )
+        up = GaugeMetricFamily("tidings_broker_up", "Whether the broker is reachable", labels=["broker"])
+        up.add_metric([app.broker.name], 1 if app.broker.healthy else 0)
+        yield up
+
+
+def _transport(conn: HttpConnection) -> str:
+    held = conn.held
+    if held is None:
+        return "request" if conn.request is not None else "idle"
+    fmt = getattr(held, "fmt", None)
+    return getattr(fmt, "key", "longpoll") or "longpoll"
+
+
+class Metrics:
+    def __init__(self, app: App) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(TidingsCollector(app))
+        self.publish_seconds = Histogram(
+            "tidings_publish_seconds",
+            "From a publish request being read to its fan-out in this process (or its hand-off to the bus)",
+            buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0),
+            registry=self.registry,
+        )
+
+    def observe_publish(self, started: float) -> None:
+        self.publish_seconds.observe(time.perf_counter() - started)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def serve(app: App, conn: HttpConnection) -> None:
+    conn.respond(200, app.metrics.render(), CONTENT_TYPE)
