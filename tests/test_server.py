@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 from collections.abc import Callable
 
 import httpx
-from conftest import ServerProcess
+from conftest import ServerProcess, wait_until
 from rawhttp import Connection, request
 
 
@@ -53,3 +56,23 @@ def test_settings_come_from_tidings_environment_variables(
             client.post(f"/pub/{channel}", json=i)
         body = client.get(f"/sub/{channel}", params={"last_id": "oldest"}).json()
     assert [m["data"] for m in body["messages"]] == [1, 2]
+
+
+def test_json_logs_and_the_access_log(start_server: Callable[..., ServerProcess], channel: str) -> None:
+    srv = start_server("--log-format", "json", "--access-log")
+    httpx.post(f"{srv.url}/pub/{channel}", json="x", timeout=10)
+    httpx.get(f"{srv.url}/nowhere", timeout=10)
+    wait_until(lambda: srv.log().count('"tidings.access"') >= 2, 5, "two access log lines")
+    entries = [json.loads(line) for line in srv.log().splitlines() if line.strip()]
+    assert {"time", "level", "logger", "message"} <= set(entries[0])
+    access = [e["message"] for e in entries if e["logger"] == "tidings.access"]
+    assert any(f"POST /pub/{channel} 202" in line for line in access)
+    assert any("GET /nowhere 404" in line for line in access)
+
+
+def test_a_bad_setting_is_one_line_and_exit_1() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "tidings", "serve", "--port", "0", "--log-format", "xml"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 1 and done.stderr.strip() == "tidings: --log-format is text or json, not 'xml'"

@@ -38,6 +38,8 @@ _HELP = {
     "max_connections": "open connections at most (beyond: 503 and close; 0: no limit)",
     "max_subscribers_per_channel": "subscribers per channel at most, in this process (beyond: 403; 0: no limit)",
     "log_level": "debug, info, warning or error",
+    "log_format": "text or json (one JSON object per line)",
+    "access_log": "log one line per answered request",
 }
 
 
@@ -48,6 +50,15 @@ def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
         default = os.environ.get(env)
         if f.name == "port" and default is None:
             default = os.environ.get("PORT")  # the PaaS convention
+        if isinstance(f.default, bool):
+            parser.add_argument(
+                "--" + f.name.replace("_", "-"),
+                dest=f.name,
+                action="store_true",
+                default=default is not None and default.lower() in ("1", "true", "yes", "on"),
+                help=f"{_HELP.get(f.name, '')} (env {env}=1)",
+            )
+            continue
         kind = cast(Callable[[str], Any], type(f.default))
         parser.add_argument(
             "--" + f.name.replace("_", "-"),
@@ -250,7 +261,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             from tidings.server import run
 
-            run(_settings(args))
+            try:
+                run(_settings(args))
+            except ValueError as exc:  # a setting that makes no sense (e.g. an unknown broker)
+                raise Failure(str(exc)) from None
             return 0
         if args.command == "publish":
             return cmd_publish(args)

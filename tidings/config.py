@@ -28,3 +28,5 @@ class Settings:
     max_connections: int = 0  # 0: no limit but the process's file descriptors
     max_subscribers_per_channel: int = 0  # 0: no limit
     log_level: str = "info"
+    log_format: str = "text"  # text or json (one JSON object per line)
+    access_log: bool = False  # one line per answered request

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import resource
 import signal
+import time
 from collections.abc import Callable
 
 from tidings.brokers import create_broker
@@ -63,11 +65,36 @@ async def _drain(app: App, loop: asyncio.AbstractEventLoop, grace: float) -> Non
         await asyncio.wait(app.tasks, timeout=max(0.0, deadline - loop.time()))
 
 
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log shippers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_logging(settings: Settings) -> None:
+    if settings.log_format not in ("text", "json"):
+        raise ValueError(f"--log-format is text or json, not {settings.log_format!r}")
+    handler = logging.StreamHandler()
+    if settings.log_format == "json":
+        formatter: logging.Formatter = JsonFormatter()
+        formatter.converter = time.gmtime
+    else:
+        formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler.setFormatter(formatter)
+    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
+
+
 def run(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings)
     raise_fd_limit()
     try:
         import uvloop

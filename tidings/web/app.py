@@ -33,6 +33,7 @@ class App:
             max_body_bytes=settings.max_message_bytes,
             request_timeout=settings.request_timeout,
             keepalive_timeout=settings.keepalive_timeout,
+            access_log=settings.access_log,
         )
         self.connections: set[HttpConnection] = set()
         self.batcher = TurnBatcher(loop)

@@ -21,6 +21,7 @@ from urllib.parse import unquote
 import httptools
 
 log = logging.getLogger("tidings.http")
+access_log = logging.getLogger("tidings.access")
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +33,7 @@ class Limits:
     request_timeout: float = 10.0  # from a request's first byte until it is complete
     keepalive_timeout: float = 75.0  # idle between requests
     max_pipelined: int = 16
+    access_log: bool = False
 
 
 class Request:
@@ -358,6 +360,8 @@ class HttpConnection(asyncio.Protocol):
             return
         keep_alive = self.keep_alive
         data = response_bytes(status, body, content_type, keep_alive, extra_headers + self.response_headers)
+        if self.limits.access_log:
+            self._log_access(status, len(body))
         if self.request is not None and self.request.method == "HEAD":
             data = data[: len(data) - len(body)]  # the same headers, no body
         self.transport.write(data)
@@ -367,8 +371,15 @@ class HttpConnection(asyncio.Protocol):
         """Answer with a complete response built by the caller (shared bytes on fan-out)."""
         if self.state != _BUSY or self.transport is None:
             return
+        if self.limits.access_log:
+            self._log_access(int(data[9:12]), len(data))
         self.transport.write(data)
         self._finish(keep_alive)
+
+    def _log_access(self, status: int, size: int) -> None:
+        request, peer = self.request, self.transport.get_extra_info("peername") if self.transport else None
+        method, path = (request.method, request.raw_path) if request is not None else ("-", "-")
+        access_log.info("%s %s %s %d %d", peer[0] if peer else "-", method, path, status, size)
 
     def respond_error(self, error: HttpError) -> None:
         if error.close:
@@ -420,6 +431,8 @@ class HttpConnection(asyncio.Protocol):
         if self.state != _BUSY or self.transport is None or self.request is None:
             return
         self.state = _STREAMING
+        if self.limits.access_log:
+            self._log_access(101 if self.upgraded is not None else 200, 0)
         if self.upgraded is not None:  # the handshake was the head; frames are the stream
             if preamble:
                 self.transport.write(preamble)
