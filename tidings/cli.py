@@ -9,6 +9,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, cast
 
 from tidings import __version__
@@ -34,6 +35,9 @@ _HELP = {
     "max_header_bytes": "most bytes of headers a request may have",
     "max_url_bytes": "longest request target",
     "shutdown_grace": "seconds to let final answers drain at shutdown",
+    "auth_secret": "HS256 secret: tokens required (see tidings token)",
+    "auth_public_key": "PEM file of an RS256/ES256 public key: tokens required",
+    "public_channels": "channel patterns readable without a token (comma-separated, e.g. news,room.*)",
     "cors_origin": "origins whose pages may use this server (comma-separated, or *)",
     "max_connections": "open connections at most (beyond: 503 and close; 0: no limit)",
     "max_subscribers_per_channel": "subscribers per channel at most, in this process (beyond: 403; 0: no limit)",
@@ -226,10 +230,35 @@ def build_parser() -> argparse.ArgumentParser:
     subscribe.add_argument("--last-id", help="resume after this cursor ('oldest': the whole buffer)")
     subscribe.add_argument("--timeout", type=float, default=30.0, help="long-poll hold in seconds")
     subscribe.add_argument("--transport", choices=("longpoll", "sse", "ws"), default="longpoll")
+    token = commands.add_parser("token", help="mint a token for a server started with --auth-secret")
+    token.add_argument("--secret", help="the server's --auth-secret (HS256)")
+    token.add_argument("--private-key", help="a PEM private key instead (with --algorithm RS256 or ES256)")
+    token.add_argument("--algorithm", default="HS256", choices=("HS256", "RS256", "ES256"))
+    token.add_argument("--publish", action="append", default=[], help="a channel pattern it may publish to")
+    token.add_argument("--subscribe", action="append", default=[], help="a channel pattern it may subscribe to")
+    token.add_argument("--ttl", default="1h", help="lifetime: seconds, or with s, m, h, d (default 1h)")
+
     proxy = commands.add_parser("zmq-proxy", help="run the ZeroMQ forwarder that --broker zmq:// processes share")
     proxy.add_argument("--frontend", default="tcp://127.0.0.1:5560", help="where publishers connect (XSUB)")
     proxy.add_argument("--backend", default="tcp://127.0.0.1:5561", help="where subscribers connect (XPUB)")
     return parser
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from tidings.auth import mint
+
+    if bool(args.secret) == bool(args.private_key):
+        raise Failure("give either --secret or --private-key")
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    text = args.ttl.strip()
+    try:
+        ttl = float(text[:-1]) * units[text[-1]] if text[-1:] in units else float(text)
+    except ValueError:
+        raise Failure(f"not a lifetime: {args.ttl!r} (e.g. 3600, 30m, 1h, 7d)") from None
+    key = args.secret or Path(args.private_key).read_text()
+    algorithm = "HS256" if args.secret else args.algorithm
+    print(mint(key, args.publish, args.subscribe, ttl, algorithm))
+    return 0
 
 
 def cmd_zmq_proxy(args: argparse.Namespace) -> int:
@@ -270,6 +299,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_publish(args)
         if args.command == "zmq-proxy":
             return cmd_zmq_proxy(args)
+        if args.command == "token":
+            return cmd_token(args)
         return cmd_subscribe(args)
     except Failure as exc:
         print(f"tidings: {exc}", file=sys.stderr)

@@ -24,6 +24,9 @@ class Settings:
     max_header_bytes: int = 16384
     max_url_bytes: int = 8192
     shutdown_grace: float = 3.0  # seconds to let answers drain at shutdown
+    auth_secret: str = ""  # HS256 key: with it (or a public key) every channel needs a token
+    auth_public_key: str = ""  # a PEM file with an RS256/ES256 public key
+    public_channels: str = ""  # patterns anyone may subscribe to without a token (comma-separated)
     cors_origin: str = ""  # origins allowed cross-origin (comma-separated, or *); none by default
     max_connections: int = 0  # 0: no limit but the process's file descriptors
     max_subscribers_per_channel: int = 0  # 0: no limit

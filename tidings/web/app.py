@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
+from tidings.auth import Auth
 from tidings.brokers import Broker, BrokerUnavailable
 from tidings.config import Settings
 from tidings.hub import DEFAULT_BATCH, Batch, Cursor, Hub, TidingsError, parse_channels, wall_clock_ms
@@ -41,6 +43,10 @@ class App:
         self.streams = StreamRegistry(loop, settings.heartbeat, settings.stream_buffer_bytes)
         self.static = static.StaticFiles()
         self.cors = Cors(settings.cors_origin) if settings.cors_origin else None
+        self.auth: Auth | None = None
+        if settings.auth_secret or settings.auth_public_key:
+            pem = Path(settings.auth_public_key).read_text() if settings.auth_public_key else ""
+            self.auth = Auth(settings.auth_secret, pem, settings.public_channels)
         self.stats = metrics.Stats()
         self.metrics = metrics.Metrics(self)
         self.tasks: set[asyncio.Task[None]] = set()
@@ -185,12 +191,17 @@ class App:
         except TidingsError as exc:
             raise HttpError(400, exc.code, exc.detail) from None
 
+    def authorize(self, request: Request, action: str, channels: tuple[str, ...] | list[str]) -> None:
+        if self.auth is not None:
+            self.auth.check(request, action, channels)
+
     def _route(self, request: Request, conn: HttpConnection) -> None:
         method = request.method
         head, _, rest = request.path[1:].partition("/")
         if head == "sub" and rest:
             _allow(method, "GET")
             channels = parse_channels(rest)
+            self.authorize(request, "subscribe", channels)
             check_room(self, channels)
             if "text/event-stream" in request.header(b"accept"):
                 sse.subscribe(self, request, conn, channels)
@@ -198,6 +209,7 @@ class App:
                 longpoll.subscribe(self, request, conn, channels)
         elif head == "pub" and rest:
             _allow(method, "POST", "DELETE")
+            self.authorize(request, "publish", [rest])
             if method == "POST":
                 publish.publish(self, request, conn, rest)
             else:
@@ -205,12 +217,14 @@ class App:
         elif head in ("sse", "stream", "ws") and (rest or head == "ws"):
             _allow(method, "GET")
             channels = parse_channels(rest) if rest else ()
+            self.authorize(request, "subscribe", channels)
             check_room(self, channels)
             {"sse": sse.subscribe, "stream": stream.subscribe, "ws": websocket.subscribe}[head](
                 self, request, conn, channels
             )
         elif head == "channels" and rest:
             _allow(method, "GET", "HEAD")
+            self.authorize(request, "subscribe", [rest])
             info.channel(self, conn, rest)
         elif request.path == "/metrics":
             _allow(method, "GET")

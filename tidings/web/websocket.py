@@ -84,11 +84,12 @@ class WebSocketStream(Stream):
     """A WebSocket subscriber: a stream whose channels the client can change, and which
     also takes publishes."""
 
-    __slots__ = ("inbox", "protocol")
+    __slots__ = ("handshake", "inbox", "protocol")
 
-    def __init__(self, app: App, conn: HttpConnection, protocol: ServerProtocol) -> None:
+    def __init__(self, app: App, conn: HttpConnection, protocol: ServerProtocol, handshake: Request) -> None:
         super().__init__(app, conn, (), FORMAT)
         self.protocol = protocol
+        self.handshake = handshake  # its token authorizes the commands sent on the socket
         self.inbox: list[bytes] | None = []  # what arrives before the first read is answered
 
     def _set_channels(self, channels: tuple[str, ...]) -> None:
@@ -162,7 +163,10 @@ class WebSocketStream(Stream):
             else:
                 raise HttpError(400, "invalid_command", "a frame is a JSON object: publish, subscribe or unsubscribe")
         except HttpError as exc:
-            self._error(exc.error, exc.detail)
+            if exc.status in (401, 403):  # documented: 4401 no or bad token, 4403 not allowed
+                self._close(4000 + exc.status, f"{exc.error}: {exc.detail}"[:120])
+            else:
+                self._error(exc.error, exc.detail)
         except TidingsError as exc:
             self._error(exc.code, exc.detail)
 
@@ -172,6 +176,7 @@ class WebSocketStream(Stream):
         if not isinstance(spec, dict) or not isinstance(spec.get("channel"), str) or "data" not in spec:
             raise HttpError(400, "invalid_command", 'publish needs {"channel": name, "data": value}')
         channel = validate_channel(spec["channel"])
+        self.app.authorize(self.handshake, "publish", [channel])
         data = spec["data"]
         if len(encode_json(data)) > self.app.settings.max_message_bytes:
             raise HttpError(
@@ -195,6 +200,7 @@ class WebSocketStream(Stream):
         if len(self.channels) + len(new) > MAX_CHANNELS_PER_REQUEST:
             raise HttpError(400, "invalid_channel", f"at most {MAX_CHANNELS_PER_REQUEST} channels per socket")
         if new:
+            self.app.authorize(self.handshake, "subscribe", new)
             cursor = Cursor.parse(token)
             self.app.read(self.conn, new, cursor, lambda batch: self._add(new, cursor, batch), limit=None)
 
@@ -249,7 +255,7 @@ def subscribe(app: App, request: Request, conn: HttpConnection, channels: tuple[
         detail = response.body.decode("utf-8", "replace").strip() or "bad WebSocket handshake"
         raise HttpError(response.status_code, "bad_handshake", detail, close=True)
     protocol = ServerProtocol(state=State.OPEN, max_size=app.settings.max_message_bytes + 1024)
-    ws = WebSocketStream(app, conn, protocol)
+    ws = WebSocketStream(app, conn, protocol, request)
     conn.upgrade(response.serialize(), ws)
     cursor = params.cursor(params.query(request), "last_id")
     app.read(conn, channels, cursor, lambda batch: ws.start(channels, cursor, batch), limit=None)

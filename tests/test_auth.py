@@ -1,0 +1,86 @@
+"""Tokens (PyJWT): 401 without one, 403 for channels it does not grant, on every transport."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+
+import httpx
+import pytest
+from conftest import ServerProcess
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from tidings.auth import mint
+
+SECRET = "test-secret-of-some-length-0123456789"
+
+
+@pytest.fixture
+def secured(start_server: Callable[..., ServerProcess]) -> ServerProcess:
+    return start_server("--auth-secret", SECRET, "--public-channels", "news,public.*")
+
+
+def test_no_token_401_wrong_channel_403_right_one_200(secured: ServerProcess, channel: str) -> None:
+    reader = mint(SECRET, [], [channel], 60)
+    writer = mint(SECRET, [channel], [], 60)
+    with httpx.Client(base_url=secured.url, timeout=10) as client:
+        assert client.get(f"/sub/{channel}?timeout=0").json()["error"] == "unauthorized"
+        assert client.get(f"/sub/{channel}?timeout=0").status_code == 401
+        bad = client.get(f"/sub/{channel}?timeout=0", headers={"Authorization": "Bearer nonsense"})
+        assert bad.status_code == 401 and bad.json()["error"] == "invalid_token"
+        other = client.get(f"/sub/{channel}-x?timeout=0", headers={"Authorization": f"Bearer {reader}"})
+        assert other.status_code == 403 and other.json()["error"] == "forbidden"
+        assert client.get(f"/sub/{channel}?timeout=0", headers={"Authorization": f"Bearer {reader}"}).status_code == 200
+        assert client.get(f"/sub/{channel}?timeout=0&token={reader}").status_code == 200  # EventSource's way
+        client.cookies.set("tidings_token", reader)
+        assert client.get(f"/sub/{channel}?timeout=0").status_code == 200
+        client.cookies.clear()
+        # Publishing needs a publish grant; a subscribe grant is not one.
+        assert client.post(f"/pub/{channel}", json=1, headers={"Authorization": f"Bearer {reader}"}).status_code == 403
+        assert client.post(f"/pub/{channel}", json=1, headers={"Authorization": f"Bearer {writer}"}).status_code == 202
+        # Public channels are readable without a token, not writable.
+        assert client.get("/sub/public.room?timeout=0").status_code == 200
+        assert client.post("/pub/news", json=1).status_code == 401
+        expired = mint(SECRET, [], [channel], -10)
+        answer = client.get(f"/sub/{channel}?timeout=0", headers={"Authorization": f"Bearer {expired}"})
+        assert answer.status_code == 401 and "expired" in answer.json()["detail"].lower()
+        assert client.get(f"/sse/{channel}?token={writer}").status_code == 403
+
+
+def test_websocket_handshake_and_commands(secured: ServerProcess, channel: str) -> None:
+    url = f"ws://{secured.host}:{secured.port}/ws/{channel}"
+    reader = mint(SECRET, [], [channel], 60)
+
+    async def scenario() -> None:
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(url):
+                pass
+        assert refused.value.response.status_code == 401
+        async with connect(f"{url}?token={reader}") as ws:
+            await ws.send(json.dumps({"publish": {"channel": channel, "data": "x"}}))
+            with pytest.raises(ConnectionClosed) as closed:
+                async with asyncio.timeout(5):
+                    while True:
+                        await ws.recv()
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 4403
+
+    asyncio.run(scenario())
+
+
+def test_tidings_token_mints_a_token_the_server_takes(secured: ServerProcess, channel: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "tidings", "token", "--secret", SECRET, "--publish", "room.*", "--ttl", "10m"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    token = done.stdout.strip()
+    answer = httpx.post(f"{secured.url}/pub/room.1", json="hi", headers={"Authorization": f"Bearer {token}"})
+    assert answer.status_code == 202
+    assert (
+        httpx.post(f"{secured.url}/pub/{channel}", json="hi", headers={"Authorization": f"Bearer {token}"}).status_code
+        == 403
+    )

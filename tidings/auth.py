@@ -1,0 +1,107 @@
+"""Who may publish and subscribe: JSON Web Tokens (PyJWT), off unless a key is configured.
+
+A token carries `exp` (required) and a `tidings` claim with channel patterns:
+``{"tidings": {"publish": ["chat"], "subscribe": ["room.*", "news"]}}`` (`*` matches any run of
+characters). It is presented as `Authorization: Bearer <token>`, as `?token=` (EventSource and
+browser WebSockets cannot set headers) or as the cookie `tidings_token`. Verified tokens are
+cached until they expire, so a long-poll re-presenting its token on every poll costs a lookup.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from tidings.web import params
+from tidings.web.http import HttpError, Request
+
+COOKIE = "tidings_token"
+CACHE_LIMIT = 10_000  # verified tokens remembered; the cache is emptied when it is full
+
+
+@dataclass(frozen=True, slots=True)
+class Grants:
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+    expires: float
+
+    def allows(self, action: str, channel: str) -> bool:
+        patterns = self.publish if action == "publish" else self.subscribe
+        return any(fnmatch.fnmatchcase(channel, pattern) for pattern in patterns)
+
+
+class Auth:
+    def __init__(self, secret: str = "", public_key_pem: str = "", public_channels: str = "") -> None:
+        if secret:
+            self.key: Any = secret
+            self.algorithms = ["HS256"]
+        else:
+            self.key = public_key_pem
+            self.algorithms = ["RS256", "ES256"]
+        self.public = tuple(p.strip() for p in public_channels.replace(" ", ",").split(",") if p.strip())
+        self.cache: dict[str, Grants] = {}
+
+    def check(self, request: Request, action: str, channels: tuple[str, ...] | list[str]) -> None:
+        """Raise 401 (no or bad token) or 403 (not for these channels) unless allowed."""
+        needed = [name for name in channels if not (action == "subscribe" and self._public(name))]
+        if not needed:
+            return
+        grants = self.grants(token_of(request))
+        denied = [name for name in needed if not grants.allows(action, name)]
+        if denied:
+            raise HttpError(403, "forbidden", f"the token does not allow {action} on {', '.join(denied)}")
+
+    def grants(self, token: str | None) -> Grants:
+        if not token:
+            raise HttpError(401, "unauthorized", "a token is required (Authorization: Bearer, ?token= or cookie)")
+        now = time.time()
+        cached = self.cache.get(token)
+        if cached is not None and cached.expires > now:
+            return cached
+        try:
+            claims = jwt.decode(token, self.key, algorithms=self.algorithms, options={"require": ["exp"]})
+        except jwt.PyJWTError as exc:
+            raise HttpError(401, "invalid_token", f"the token was refused: {exc}") from None
+        spec = claims.get("tidings") or {}
+        if not isinstance(spec, dict):
+            raise HttpError(401, "invalid_token", "the tidings claim must be an object")
+        grants = Grants(_patterns(spec.get("publish")), _patterns(spec.get("subscribe")), float(claims["exp"]))
+        if len(self.cache) >= CACHE_LIMIT:
+            self.cache.clear()
+        self.cache[token] = grants
+        return grants
+
+    def _public(self, channel: str) -> bool:
+        return any(fnmatch.fnmatchcase(channel, pattern) for pattern in self.public)
+
+
+def _patterns(value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list):
+        return tuple(item for item in value if isinstance(item, str))
+    return ()
+
+
+def token_of(request: Request) -> str | None:
+    header = request.header(b"authorization")
+    if header[:7].lower() == "bearer ":
+        return header[7:].strip() or None
+    token = params.query(request).get("token")
+    if token:
+        return token
+    for part in request.header(b"cookie").split(";"):
+        name, _, value = part.strip().partition("=")
+        if name == COOKIE and value:
+            return value
+    return None
+
+
+def mint(key: str, publish: list[str], subscribe: list[str], ttl: float, algorithm: str = "HS256") -> str:
+    """A token for `tidings token` (and tests)."""
+    claims = {"exp": int(time.time() + ttl), "tidings": {"publish": publish, "subscribe": subscribe}}
+    return jwt.encode(claims, key, algorithm=algorithm)
