@@ -84,3 +84,29 @@ def test_tidings_token_mints_a_token_the_server_takes(secured: ServerProcess, ch
         httpx.post(f"{secured.url}/pub/{channel}", json="hi", headers={"Authorization": f"Bearer {token}"}).status_code
         == 403
     )
+
+
+@pytest.mark.parametrize("transport", ["longpoll", "sse", "ws"])
+def test_the_python_client_presents_its_token(secured: ServerProcess, channel: str, transport: str) -> None:
+    from tidings.client import AsyncClient
+
+    token = mint(SECRET, [channel], [channel], 60)
+
+    async def scenario() -> None:
+        async with AsyncClient(secured.url, token=token) as client:
+            first = await client.publish(channel, "one")
+            messages = client.subscribe(channel, last_id="oldest", transport=transport)  # type: ignore[arg-type]
+            message = await asyncio.wait_for(anext(messages), 10)
+            assert message.id == first.id and message.data == "one"
+            await messages.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_the_cli_presents_its_token(secured: ServerProcess, channel: str) -> None:
+    token = mint(SECRET, [channel], [channel], 60)
+    command = [sys.executable, "-m", "tidings", "publish", channel, "hello", "--url", secured.url]
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    assert refused.returncode == 1 and "401 unauthorized" in refused.stderr
+    done = subprocess.run([*command, "--token", token], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr

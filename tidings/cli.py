@@ -92,11 +92,11 @@ def _http_url(url: str) -> str:
 class HttpPublisher:
     """Publishes through a server, with `tidings.client`."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, token: str | None = None) -> None:
         from tidings.client import Client
 
         self.url = _http_url(url)
-        self.client = Client(self.url)
+        self.client = Client(self.url, token=token)
 
     def publish(self, channel: str, message: str, as_json: bool) -> dict[str, Any]:
         import httpx
@@ -147,7 +147,7 @@ class RedisPublisher:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    publisher = RedisPublisher(args) if args.redis else HttpPublisher(args.url)
+    publisher = RedisPublisher(args) if args.redis else HttpPublisher(args.url, args.token)
     try:
         return _publish_loop(args, publisher.publish)
     finally:
@@ -187,7 +187,7 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
     def gap(channels: list[str]) -> None:
         print(f"tidings: gap: messages on {', '.join(channels)} are no longer buffered", file=sys.stderr, flush=True)
 
-    with Client(_http_url(args.url), timeout=10.0) as client:
+    with Client(_http_url(args.url), timeout=10.0, token=args.token) as client:
         channels = [name for name in args.channels.split(",") if name]
         try:
             for message in client.subscribe(
@@ -218,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("message", nargs="?", help="without it: read lines (a typed 'quit' ends)")
     publish.add_argument("--url", default=url_default, help=url_help)
     publish.add_argument("--json", action="store_true", help="send the message as JSON, not text")
+    publish.add_argument("--token", default=os.environ.get("TIDINGS_TOKEN"), help="for servers that require tokens")
     publish.add_argument("--redis", metavar="URL", help="publish straight into this Redis instead of through a server")
     defaults = Settings()
     publish.add_argument("--redis-prefix", default=defaults.redis_prefix, help="with --redis: the servers' prefix")
@@ -230,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     subscribe.add_argument("--last-id", help="resume after this cursor ('oldest': the whole buffer)")
     subscribe.add_argument("--timeout", type=float, default=30.0, help="long-poll hold in seconds")
     subscribe.add_argument("--transport", choices=("longpoll", "sse", "ws"), default="longpoll")
+    subscribe.add_argument("--token", default=os.environ.get("TIDINGS_TOKEN"), help="for servers that require tokens")
     token = commands.add_parser("token", help="mint a token for a server started with --auth-secret")
     token.add_argument("--secret", help="the server's --auth-secret (HS256)")
     token.add_argument("--private-key", help="a PEM private key instead (with --algorithm RS256 or ES256)")

@@ -80,10 +80,15 @@ def _error(response: httpx.Response) -> TidingsError:
 
 
 class AsyncClient:
-    def __init__(self, url: str = "http://127.0.0.1:8080", timeout: float = 10.0) -> None:
+    """`token`: for servers started with --auth-secret (sent as a Bearer header, and as ?token= on
+    the WebSocket URL)."""
+
+    def __init__(self, url: str = "http://127.0.0.1:8080", timeout: float = 10.0, token: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
-        self.http = httpx.AsyncClient(base_url=self.url, timeout=timeout)
+        self.token = token
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.AsyncClient(base_url=self.url, timeout=timeout, headers=headers)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -186,8 +191,12 @@ class AsyncClient:
         self, path: str, state: dict[str, str | None], timeout: float, on_gap: Callable[[list[str]], None] | None
     ) -> AsyncIterator[Message]:
         url = "ws" + self.url[len("http") :] + f"/ws/{path}"
-        if state["cursor"]:
-            url += "?" + urlencode({"last_id": state["cursor"]})
+        query = {
+            **({"last_id": state["cursor"]} if state["cursor"] else {}),
+            **({"token": self.token} if self.token else {}),
+        }
+        if query:
+            url += "?" + urlencode({key: value for key, value in query.items() if value})
         async with ws_connect(url, open_timeout=self.timeout) as ws:
             async for text in ws:
                 frame = json.loads(text)
@@ -205,9 +214,9 @@ class AsyncClient:
 class Client:
     """The blocking twin of `AsyncClient` (it runs one on a private event loop)."""
 
-    def __init__(self, url: str = "http://127.0.0.1:8080", timeout: float = 10.0) -> None:
+    def __init__(self, url: str = "http://127.0.0.1:8080", timeout: float = 10.0, token: str | None = None) -> None:
         self._runner = asyncio.Runner()
-        self._client = self._runner.run(_make(url, timeout))
+        self._client = self._runner.run(_make(url, timeout, token))
 
     def __enter__(self) -> Client:
         return self
@@ -247,8 +256,8 @@ async def _next(messages: AsyncGenerator[Message, None]) -> Message:
     return await messages.__anext__()
 
 
-async def _make(url: str, timeout: float) -> AsyncClient:
-    return AsyncClient(url, timeout)
+async def _make(url: str, timeout: float, token: str | None) -> AsyncClient:
+    return AsyncClient(url, timeout, token)
 
 
 __all__ = [

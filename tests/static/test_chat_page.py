@@ -104,3 +104,17 @@ def test_the_page_reconnects_after_a_server_restart(
     httpx.post(f"{srv.url}/pub/{channel}", json={"nick": "server", "message": "back again"}, timeout=10)
     wait_for_text(page, "back again")
     page.context.close()
+
+
+def test_the_page_passes_its_token(browser: Browser, start_server: Callable[..., ServerProcess], channel: str) -> None:
+    from tidings.auth import mint
+
+    secret = "page-test-secret-0123456789abcdef"
+    srv = start_server("--auth-secret", secret)
+    token = mint(secret, [channel], [channel], 600)
+    page = browser.new_context().new_page()
+    page.goto(f"{srv.url}/?channel={channel}&token={token}")
+    wait_connected(page)
+    say(page, "ann", "with a token")
+    wait_for_text(page, "with a token")
+    page.context.close()

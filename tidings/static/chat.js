@@ -3,6 +3,7 @@
   "use strict";
   var params = new URLSearchParams(location.search);
   var channel = params.get("channel") || "chat";
+  var token = params.get("token") || undefined;  // for servers that require tokens
   var transport = ["ws", "sse", "longpoll"].indexOf(params.get("transport")) >= 0 ? params.get("transport") : "auto";
   var form = document.getElementById("chatform");
   var nick = document.getElementById("nick");
@@ -44,6 +45,7 @@
   // Kept on the window so that the page's state can be looked at (e.g. which transport "auto" chose).
   window.tidingsSubscription = Tidings.subscribe("", channel, show, {
     transport: transport,
+    token: token,
     lastId: "oldest",
     onGap: function () { line("notice", [["span", "", "Some messages were missed while disconnected."]]); },
     onStatus: function (state, detail) {
@@ -58,7 +60,7 @@
     var text = message.value;
     if (!text.trim() || !nick.value.trim()) return;
     localStorage.setItem("tidings-nick", nick.value);
-    Tidings.publish("", channel, { nick: nick.value, message: text })
+    Tidings.publish("", channel, { nick: nick.value, message: text }, { token: token })
       .then(function () { message.value = ""; message.focus(); })
       .catch(function (err) { line("notice", [["span", "", "Not sent: " + err.message]]); });
   });

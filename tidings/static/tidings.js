@@ -17,6 +17,13 @@
 
   var MAX_BACKOFF_MS = 30000;
 
+  // A token (servers started with --auth-secret) rides as ?token= on every URL: EventSource and
+  // WebSocket cannot set an Authorization header.
+  function withToken(address, token) {
+    if (!token) return address;
+    return address + (address.indexOf("?") >= 0 ? "&" : "?") + "token=" + encodeURIComponent(token);
+  }
+
   function channelList(channels) {
     return Array.isArray(channels) ? channels.join(",") : String(channels);
   }
@@ -66,7 +73,7 @@
       var query = "timeout=" + (fresh ? 0 : options.timeout || 30);
       if (cursor) query += "&last_id=" + encodeURIComponent(cursor);
       abort = new AbortController();
-      fetch(url + "/sub/" + path + "?" + query, { signal: abort.signal, cache: "no-store" })
+      fetch(withToken(url + "/sub/" + path + "?" + query, options.token), { signal: abort.signal, cache: "no-store" })
         .then(function (response) {
           if (response.status === 410) {
             return response.json().then(function (body) { ended(body.detail); });
@@ -102,7 +109,7 @@
       var base = (url || location.origin).replace(/^http/, "ws");
       var query = cursor ? "?last_id=" + encodeURIComponent(cursor) : "";
       var opened = false;
-      socket = new WebSocket(base + "/ws/" + path + query);
+      socket = new WebSocket(withToken(base + "/ws/" + path + query, options.token));
       socket.onopen = function () { opened = true; proven = true; setStatus("connected"); backoff = 1000; };
       socket.onmessage = function (event) {
         var frame = JSON.parse(event.data);
@@ -127,7 +134,7 @@
     function stream() {
       var query = cursor ? "?last_event_id=" + encodeURIComponent(cursor) : "";
       var opened = false;
-      source = new EventSource(url + "/sse/" + path + query);
+      source = new EventSource(withToken(url + "/sse/" + path + query, options.token));
       source.onopen = function () { opened = true; proven = true; setStatus("connected"); backoff = 1000; };
       source.onmessage = function (event) {
         cursor = event.lastEventId || cursor;
@@ -170,10 +177,12 @@
     };
   }
 
-  function publish(url, channel, data) {
+  function publish(url, channel, data, options) {
+    var headers = { "Content-Type": "application/json" };
+    if (options && options.token) headers.Authorization = "Bearer " + options.token;
     return fetch(url + "/pub/" + encodeURIComponent(channel), {
       method: "POST",
-      headers: { "Content-Type": "application/json" },
+      headers: headers,
       body: JSON.stringify(data),
     }).then(function (response) {
       return response.json().then(function (body) {
