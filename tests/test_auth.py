@@ -49,6 +49,7 @@ def test_no_token_401_wrong_channel_403_right_one_200(secured: ServerProcess, ch
         answer = client.get(f"/sub/{channel}?timeout=0", headers={"Authorization": f"Bearer {expired}"})
         assert answer.status_code == 401 and "expired" in answer.json()["detail"].lower()
         assert client.get(f"/sse/{channel}?token={writer}").status_code == 403
+        assert "tidings_auth_failures_total 8.0" in client.get("/metrics").text
 
 
 def test_websocket_handshake_and_commands(secured: ServerProcess, channel: str) -> None:

@@ -193,7 +193,11 @@ class App:
 
     def authorize(self, request: Request, action: str, channels: tuple[str, ...] | list[str]) -> None:
         if self.auth is not None:
-            self.auth.check(request, action, channels)
+            try:
+                self.auth.check(request, action, channels)
+            except HttpError:
+                self.stats.auth_failures += 1
+                raise
 
     def _route(self, request: Request, conn: HttpConnection) -> None:
         method = request.method

@@ -29,6 +29,7 @@ class Stats:
         self.slow_disconnects = 0
         self.publishes = 0
         self.publish_errors = 0
+        self.auth_failures = 0
 
 
 class TidingsCollector(Collector):
@@ -61,6 +62,9 @@ class TidingsCollector(Collector):
             "tidings_slow_disconnects",
             "Streams ended because the client read too slowly",
             value=app.stats.slow_disconnects,
+        )
+        yield CounterMetricFamily(
+            "tidings_auth_failures", "Requests refused for their token (401, 403)", value=app.stats.auth_failures
         )
         up = GaugeMetricFamily("tidings_broker_up", "Whether the broker is reachable", labels=["broker"])
         up.add_metric([app.broker.name], 1 if app.broker.healthy else 0)
