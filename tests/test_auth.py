@@ -7,10 +7,13 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
 from conftest import ServerProcess
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -111,3 +114,59 @@ def test_the_cli_presents_its_token(secured: ServerProcess, channel: str) -> Non
     assert refused.returncode == 1 and "401 unauthorized" in refused.stderr
     done = subprocess.run([*command, "--token", token], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("algorithm", ["RS256", "ES256"])
+def test_public_key_tokens(
+    start_server: Callable[..., ServerProcess], tmp_path: Path, channel: str, algorithm: str
+) -> None:
+    """--auth-public-key verifies tokens signed with the private half; the key's type picks the algorithm."""
+    private: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+    private = rsa.generate_private_key(65537, 2048) if algorithm == "RS256" else ec.generate_private_key(ec.SECP256R1())
+    public_file = tmp_path / "public.pem"
+    public_file.write_bytes(
+        private.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    private_file = tmp_path / "private.pem"
+    private_file.write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    server = start_server("--auth-public-key", str(public_file))
+    command = ["token", "--private-key", str(private_file), "--algorithm", algorithm, "--subscribe", channel]
+    minted = subprocess.run(
+        [sys.executable, "-m", "tidings", *command],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout.strip()
+    # Neither an HS256 token (the key-confusion attack) nor one signed by another key of the same kind passes.
+    stranger = (
+        rsa.generate_private_key(65537, 2048) if algorithm == "RS256" else ec.generate_private_key(ec.SECP256R1())
+    )
+    forgeries = [mint(SECRET, [], [channel], 60), mint(stranger, [], [channel], 60, algorithm)]  # type: ignore[arg-type]
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        good = client.get(f"/sub/{channel}?timeout=0", headers={"Authorization": f"Bearer {minted}"})
+        assert good.status_code == 200, good.text
+        for forged in forgeries:
+            answer = client.get(f"/sub/{channel}?timeout=0", headers={"Authorization": f"Bearer {forged}"})
+            assert answer.status_code == 401 and answer.json()["error"] == "invalid_token"
+        other = client.get(f"/sub/{channel}x?timeout=0", headers={"Authorization": f"Bearer {minted}"})
+        assert other.status_code == 403
+
+
+def test_a_bad_public_key_file_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    for content in (None, "not a key"):
+        path = tmp_path / "key.pem"
+        if content is not None:
+            path.write_text(content)
+        done = subprocess.run(
+            [sys.executable, "-m", "tidings", "serve", "--port", "0", "--auth-public-key", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert done.returncode == 1 and "--auth-public-key" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from tidings.web import params
 from tidings.web.http import HttpError, Request
@@ -40,8 +43,8 @@ class Auth:
             self.key: Any = secret
             self.algorithms = ["HS256"]
         else:
-            self.key = public_key_pem
-            self.algorithms = ["RS256", "ES256"]
+            self.key, algorithm = load_public_key(public_key_pem)
+            self.algorithms = [algorithm]  # one algorithm per key: no RS256/ES256/HS256 confusion
         self.public = tuple(p.strip() for p in public_channels.replace(" ", ",").split(",") if p.strip())
         self.cache: dict[str, Grants] = {}
 
@@ -77,6 +80,19 @@ class Auth:
 
     def _public(self, channel: str) -> bool:
         return any(fnmatch.fnmatchcase(channel, pattern) for pattern in self.public)
+
+
+def load_public_key(pem: str) -> tuple[Any, str]:
+    """The key and the one algorithm it verifies: RSA -> RS256, EC P-256 -> ES256; anything else is a ValueError."""
+    try:
+        key = serialization.load_pem_public_key(pem.encode())
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise ValueError(f"--auth-public-key: not a PEM public key ({exc})") from None
+    if isinstance(key, rsa.RSAPublicKey):
+        return key, "RS256"
+    if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
+        return key, "ES256"
+    raise ValueError("--auth-public-key: an RSA (RS256) or EC P-256 (ES256) public key is needed")
 
 
 def _patterns(value: object) -> tuple[str, ...]:

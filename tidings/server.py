@@ -30,8 +30,8 @@ async def serve(settings: Settings, on_ready: Callable[[str, int], None] | None 
     loop = asyncio.get_running_loop()
     hub = Hub(buffer_size=settings.buffer_size, buffer_ttl=settings.buffer_ttl, now_ms=wall_clock_ms())
     broker = create_broker(settings, hub)
+    app = App(settings, hub, broker, loop)  # first: a bad setting fails before the broker connects
     await broker.start()
-    app = App(settings, hub, broker, loop)
     server = await loop.create_server(
         connection_factory(app, app.limits, loop), settings.host, settings.port, backlog=4096
     )

@@ -45,7 +45,10 @@ class App:
         self.cors = Cors(settings.cors_origin) if settings.cors_origin else None
         self.auth: Auth | None = None
         if settings.auth_secret or settings.auth_public_key:
-            pem = Path(settings.auth_public_key).read_text() if settings.auth_public_key else ""
+            try:
+                pem = Path(settings.auth_public_key).read_text() if settings.auth_public_key else ""
+            except OSError as exc:
+                raise ValueError(f"--auth-public-key: cannot read {settings.auth_public_key}: {exc.strerror}") from None
             self.auth = Auth(settings.auth_secret, pem, settings.public_channels)
         self.stats = metrics.Stats()
         self.metrics = metrics.Metrics(self)
