@@ -1,4 +1,6 @@
-"""python -m bench [--quick] [--smoke] [--servers tidings,nchan] [--scenarios ABCD] [--transports ...] [--repeat N]"""
+"""python -m bench [--quick] [--smoke] [--servers tidings,nchan] [--scenarios ABCD] [--transports ...] [--repeat N]
+
+python -m bench soak [--minutes M] [--subscribers N] ...: the long run with churn (bench/soak.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,10 @@ from bench.servers import SERVERS
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["soak"]:
+        from bench import soak
+
+        return soak.main(sys.argv[2:])
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes, one repetition (under 2 minutes)")
     parser.add_argument(

@@ -49,6 +49,7 @@ class Server:
 
     def __init__(self) -> None:
         self.port = free_port()
+        self.buffer = BUFFER
         self.proc: subprocess.Popen[bytes] | None = None
         self.log: IO[bytes] | None = None
 
@@ -119,7 +120,7 @@ class Tidings(Server):
     def command(self) -> list[str]:
         return [
             sys.executable, "-m", "tidings", "serve", "--port", str(self.port), "--broker", self.broker,
-            "--buffer-size", str(BUFFER), "--log-level", "warning",
+            "--buffer-size", str(self.buffer), "--log-level", "warning",
         ]  # fmt: skip
 
 
@@ -188,7 +189,7 @@ class Nchan(Server):
 
     def command(self) -> list[str]:
         self.dir = tempfile.mkdtemp(prefix="tidings-bench-nchan-")
-        config = (HERE / "nchan.conf").read_text().format(dir=self.dir, port=self.port, buffer=BUFFER)
+        config = (HERE / "nchan.conf").read_text().format(dir=self.dir, port=self.port, buffer=self.buffer)
         path = Path(self.dir) / "nginx.conf"
         path.write_text(config)
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
