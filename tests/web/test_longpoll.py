@@ -172,6 +172,9 @@ def test_bad_input_is_a_400_with_a_json_error(http: httpx.Client, channel: str) 
     assert r.status_code == 400 and _error(r) == "invalid_body"
     r = http.put(f"/pub/{channel}", json=1)
     assert r.status_code == 405 and _error(r) == "method_not_allowed"
+    assert r.headers["allow"] == "POST, DELETE"  # RFC 9110: a 405 names the methods that work
+    r = http.post("/static/tidings.js")
+    assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD"
     r = http.get("/nowhere")
     assert r.status_code == 404 and _error(r) == "not_found"
 

@@ -12,7 +12,7 @@ from tidings.auth import Auth
 from tidings.brokers import Broker, BrokerUnavailable
 from tidings.config import Settings
 from tidings.hub import DEFAULT_BATCH, Batch, Cursor, Hub, TidingsError, parse_channels, wall_clock_ms
-from tidings.web import info, longpoll, metrics, publish, sse, static, stream, websocket
+from tidings.web import info, longpoll, metrics, openapi, publish, sse, static, stream, websocket
 from tidings.web.batch import TurnBatcher
 from tidings.web.http import HttpConnection, HttpError, Limits, Request, error_body
 from tidings.web.streaming import StreamRegistry
@@ -42,6 +42,7 @@ class App:
         self.timeouts = TimeoutWheel(loop)
         self.streams = StreamRegistry(loop, settings.heartbeat, settings.stream_buffer_bytes)
         self.static = static.StaticFiles()
+        self.openapi = openapi.document(settings)
         self.cors = Cors(settings.cors_origin) if settings.cors_origin else None
         self.auth: Auth | None = None
         if settings.auth_secret or settings.auth_public_key:
@@ -236,11 +237,15 @@ class App:
         elif request.path == "/metrics":
             _allow(method, "GET")
             metrics.serve(self, conn)
+        elif request.path == "/openapi.json":
+            _allow(method, "GET", "HEAD")
+            conn.respond(200, self.openapi)
         elif request.path == "/healthz":
             _allow(method, "GET", "HEAD")
             info.health(self, conn)
-        elif method in ("GET", "HEAD") and self.static.serve(request.path, conn):
-            pass
+        elif request.path in self.static.files:
+            _allow(method, "GET", "HEAD")
+            self.static.serve(request.path, conn)
         else:
             raise HttpError(404, "not_found", f"no such resource: {request.path[:200]}")
 
@@ -278,4 +283,9 @@ def check_room(app: App, channels: tuple[str, ...]) -> None:
 
 def _allow(method: str, *allowed: str) -> None:
     if method not in allowed:
-        raise HttpError(405, "method_not_allowed", f"{method} is not allowed here; use {' or '.join(allowed)}")
+        raise HttpError(
+            405,
+            "method_not_allowed",
+            f"{method} is not allowed here; use {' or '.join(allowed)}",
+            headers=b"Allow: %s\r\n" % ", ".join(allowed).encode(),
+        )

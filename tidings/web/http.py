@@ -78,12 +78,13 @@ class Request:
 class HttpError(Exception):
     """Answer with a JSON error and, when `close`, drop the connection afterwards."""
 
-    def __init__(self, status: int, error: str, detail: str, close: bool = False) -> None:
+    def __init__(self, status: int, error: str, detail: str, close: bool = False, headers: bytes = b"") -> None:
         super().__init__(detail)
         self.status = status
         self.error = error
         self.detail = detail
         self.close = close
+        self.headers = headers  # extra header lines, each ending in CRLF (e.g. Allow on a 405)
 
 
 class Held(Protocol):
@@ -384,7 +385,7 @@ class HttpConnection(asyncio.Protocol):
     def respond_error(self, error: HttpError) -> None:
         if error.close:
             self.stopping = True
-        self.respond(error.status, error_body(error.error, error.detail))
+        self.respond(error.status, error_body(error.error, error.detail), extra_headers=error.headers)
 
     def hold(self, held: Held) -> None:
         self.held = held
