@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 
 import httpx
+import websockets
 from conftest import ServerProcess, subscribers, wait_until
 from rawhttp import Connection
 
@@ -81,6 +83,15 @@ def test_subscribers_per_channel_are_capped(start_server: Callable[..., ServerPr
             third = client.get(f"/sse/{channel}")
             assert third.status_code == 403 and third.json()["error"] == "too_many_subscribers"
             assert client.get(f"/sub/{channel}-other?timeout=0").status_code == 200  # other channels are fine
+        # A WebSocket asking by command gets an error frame and keeps its socket.
+        async with websockets.connect(f"ws://{srv.host}:{srv.port}/ws/{channel}-other") as ws:
+            await ws.send(json.dumps({"subscribe": [channel]}))
+            frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            assert frame == {"type": "error", "error": "too_many_subscribers", "detail": frame["detail"]}, frame
+            await ws.send(json.dumps({"subscribe": [f"{channel}-third"]}))
+            await ws.send(json.dumps({"publish": {"channel": f"{channel}-third", "data": 1}}))
+            types = [json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] for _ in range(2)]
+            assert sorted(types) == ["message", "published"], types
         for conn in held:
             conn.close()
 

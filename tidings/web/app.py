@@ -203,6 +203,15 @@ class App:
                 self.stats.auth_failures += 1
                 raise
 
+    def check_room(self, channels: tuple[str, ...]) -> None:
+        """403 when a channel already has as many subscribers here as allowed."""
+        limit = self.settings.max_subscribers_per_channel
+        if limit:
+            for name in channels:
+                ch = self.hub.get(name)
+                if ch is not None and ch.subscribers >= limit:
+                    raise HttpError(403, "too_many_subscribers", f"channel {name} has {limit} subscribers already")
+
     def _route(self, request: Request, conn: HttpConnection) -> None:
         method = request.method
         head, _, rest = request.path[1:].partition("/")
@@ -210,7 +219,7 @@ class App:
             _allow(method, "GET")
             channels = parse_channels(rest)
             self.authorize(request, "subscribe", channels)
-            check_room(self, channels)
+            self.check_room(channels)
             if "text/event-stream" in request.header(b"accept"):
                 sse.subscribe(self, request, conn, channels)
             else:
@@ -226,7 +235,7 @@ class App:
             _allow(method, "GET")
             channels = parse_channels(rest) if rest else ()
             self.authorize(request, "subscribe", channels)
-            check_room(self, channels)
+            self.check_room(channels)
             {"sse": sse.subscribe, "stream": stream.subscribe, "ws": websocket.subscribe}[head](
                 self, request, conn, channels
             )
@@ -269,16 +278,6 @@ class Cors:
         if self.any:
             return b"Access-Control-Allow-Origin: *\r\n"
         return b"Access-Control-Allow-Origin: %s\r\nVary: Origin\r\n" % origin.encode("latin-1")
-
-
-def check_room(app: App, channels: tuple[str, ...]) -> None:
-    """403 when a channel already has as many subscribers here as allowed."""
-    limit = app.settings.max_subscribers_per_channel
-    if limit:
-        for name in channels:
-            ch = app.hub.get(name)
-            if ch is not None and ch.subscribers >= limit:
-                raise HttpError(403, "too_many_subscribers", f"channel {name} has {limit} subscribers already")
 
 
 def _allow(method: str, *allowed: str) -> None:

@@ -163,7 +163,7 @@ class WebSocketStream(Stream):
             else:
                 raise HttpError(400, "invalid_command", "a frame is a JSON object: publish, subscribe or unsubscribe")
         except HttpError as exc:
-            if exc.status in (401, 403):  # documented: 4401 no or bad token, 4403 not allowed
+            if exc.error in _AUTH_ERRORS:  # documented: 4401 no or bad token, 4403 not allowed
                 self._close(4000 + exc.status, f"{exc.error}: {exc.detail}"[:120])
             else:
                 self._error(exc.error, exc.detail)
@@ -201,6 +201,7 @@ class WebSocketStream(Stream):
             raise HttpError(400, "invalid_channel", f"at most {MAX_CHANNELS_PER_REQUEST} channels per socket")
         if new:
             self.app.authorize(self.handshake, "subscribe", new)
+            self.app.check_room(new)
             cursor = Cursor.parse(token)
             self.app.read(self.conn, new, cursor, lambda batch: self._add(new, cursor, batch), limit=None)
 
@@ -234,6 +235,9 @@ class WebSocketStream(Stream):
         code = CloseCode.POLICY_VIOLATION if slow else CloseCode.GOING_AWAY
         self._close(code, "slow consumer" if slow else "server shutting down")
         self.conn.end_stream(final + b"".join(self.protocol.data_to_send()))
+
+
+_AUTH_ERRORS = frozenset({"unauthorized", "invalid_token", "forbidden"})
 
 
 def _channel_list(value: object) -> list[str]:
