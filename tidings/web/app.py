@@ -166,8 +166,9 @@ class App:
         try:
             if incomplete is None:  # the channels are not subscribed on the bus yet
                 await self.broker.activate(channels)
-                batch = self.hub.read(channels, cursor, wall_clock_ms(), limit)
-                incomplete = batch.incomplete if self.broker.keeps_history else []
+                incomplete = []
+                if self.broker.keeps_history:  # (a bus without history has nothing to fill in)
+                    incomplete = self.hub.read(channels, cursor, wall_clock_ms(), limit).incomplete
             if incomplete:
                 await self.broker.fill(incomplete, cursor)
         except BrokerUnavailable as exc:
