@@ -127,28 +127,23 @@ class _Client(asyncio.Protocol):
             asyncio.get_running_loop().create_task(connect(self.job, self.stats, self.sub, type(self), self.source))
 
 
-class LongPollClient(_Client):
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self.alive = True
-        self.stats.connected += 1
-        self.body: list[bytes] = []
-        self.headers: dict[bytes, bytes] = {}
-        self.poll()
+def longpoll_request(flavour: str, channel: str, after: str | bytes, etag: bytes, timeout: int) -> bytes:
+    """A poll resuming `after` the last answer: Tidings' last_id, or Nchan's Last-Modified sent
+    back with its Etag. Nothing to resume from: Tidings answers at once with a cursor, Nchan
+    starts at its oldest buffered message."""
+    after = after.encode() if isinstance(after, str) else after
+    if flavour == "nchan":
+        extra = b"If-Modified-Since: %s\r\nIf-None-Match: %s\r\n" % (after, etag) if after else b""
+        return b"GET /sub/%s HTTP/1.1\r\nHost: b\r\n%s\r\n" % (channel.encode(), extra)
+    query = b"timeout=%d&last_id=%s" % (timeout, after) if after else b"timeout=0"
+    return b"GET /sub/%s?%s HTTP/1.1\r\nHost: b\r\n\r\n" % (channel.encode(), query)
 
-    def poll(self) -> None:
-        sub = self.sub
-        assert self.transport is not None
-        if self.job.flavour == "nchan":
-            extra = b""
-            if sub.modified:
-                extra = b"If-Modified-Since: %s\r\nIf-None-Match: %s\r\n" % (sub.modified, sub.etag)
-            self.transport.write(b"GET /sub/%s HTTP/1.1\r\nHost: b\r\n%s\r\n" % (sub.channel.encode(), extra))
-        else:
-            # The first poll answers at once with a cursor; from then on nothing can be missed,
-            # however late a poll is held relative to the first publish.
-            query = b"timeout=100&last_id=" + sub.cursor.encode() if sub.cursor else b"timeout=0"
-            self.transport.write(b"GET /sub/%s?%s HTTP/1.1\r\nHost: b\r\n\r\n" % (sub.channel.encode(), query))
+
+class CollectsResponse:
+    """httptools parser callbacks gathering one response's headers and body."""
+
+    body: list[bytes]
+    headers: dict[bytes, bytes]
 
     def on_message_begin(self) -> None:
         self.body = []
@@ -159,6 +154,22 @@ class LongPollClient(_Client):
 
     def on_body(self, body: bytes) -> None:
         self.body.append(body)
+
+
+class LongPollClient(CollectsResponse, _Client):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.alive = True
+        self.stats.connected += 1
+        self.on_message_begin()
+        self.poll()
+
+    def poll(self) -> None:
+        sub = self.sub
+        assert self.transport is not None
+        # Tidings: the first poll answers at once with a cursor; from then on nothing can be
+        # missed, however late a poll is held relative to the first publish.
+        self.transport.write(longpoll_request(self.job.flavour, sub.channel, sub.cursor or sub.modified, sub.etag, 100))
 
     def on_message_complete(self) -> None:
         stats, sub = self.stats, self.sub

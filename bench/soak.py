@@ -35,7 +35,7 @@ from websockets.uri import parse_uri
 
 from bench import report
 from bench.harness import LOADGEN_CPU
-from bench.loadgen import HOST, Publisher
+from bench.loadgen import HOST, CollectsResponse, Publisher, longpoll_request
 from bench.procstat import rss_kib
 from bench.servers import SERVERS, Server
 
@@ -266,34 +266,16 @@ class SoakClient(asyncio.Protocol):
             self.soak.rejoin_later(self.follower, 0.1)
 
 
-class LongPollClient(SoakClient):
+class LongPollClient(CollectsResponse, SoakClient):
     def start(self) -> None:
         self.count_in()  # a poll may be held at once: connected is as good as it gets
-        self.body: list[bytes] = []
-        self.headers: dict[bytes, bytes] = {}
+        self.on_message_begin()
         self.poll()
 
     def poll(self) -> None:
         assert self.transport is not None
         f = self.follower
-        if self.soak.flavour == "nchan":
-            extra = b""
-            if f.cursor:
-                extra = b"If-Modified-Since: %s\r\nIf-None-Match: %s\r\n" % (f.cursor.encode(), f.etag.encode())
-            self.transport.write(b"GET /sub/%s HTTP/1.1\r\nHost: s\r\n%s\r\n" % (f.channel.encode(), extra))
-        else:
-            query = b"timeout=30&last_id=" + f.cursor.encode()
-            self.transport.write(b"GET /sub/%s?%s HTTP/1.1\r\nHost: s\r\n\r\n" % (f.channel.encode(), query))
-
-    def on_message_begin(self) -> None:
-        self.body = []
-        self.headers = {}
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers[name.lower()] = value
-
-    def on_body(self, body: bytes) -> None:
-        self.body.append(body)
+        self.transport.write(longpoll_request(self.soak.flavour, f.channel, f.cursor, f.etag.encode(), 30))
 
     def on_message_complete(self) -> None:
         tally, f = self.soak.tally, self.follower
