@@ -413,6 +413,9 @@ async def run_one(server: Server, plan: Plan, log: Callable[[str], None]) -> Out
             await soak.join(follower)
 
     await asyncio.gather(*(join(f) for f in soak.followers))
+    settle = time.monotonic() + 30  # handshakes still in flight
+    while soak.tally.connected + soak.tally.failed < plan.subscribers and time.monotonic() < settle:
+        await asyncio.sleep(0.05)
     log(f"{server.name}: {soak.tally.connected} of {plan.subscribers} joined in {time.monotonic() - t0:.1f} s")
     deadline = time.monotonic() + plan.minutes * 60
     churning = asyncio.get_running_loop().create_task(soak.churn(deadline))
