@@ -230,6 +230,14 @@ class SSEClient(_Client):
             self.stats.responses += 1
 
 
+def flush_websocket(protocol: ClientProtocol, transport: asyncio.Transport | None) -> None:
+    """Write what the sans-I/O protocol has queued: the handshake, pongs, a close."""
+    assert transport is not None
+    for data in protocol.data_to_send():
+        if data:
+            transport.write(data)
+
+
 class WebSocketClient(asyncio.Protocol):
     """A WebSocket subscriber; the websockets library's sans-I/O client does the handshake
     and the framing."""
@@ -245,13 +253,7 @@ class WebSocketClient(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self.protocol.send_request(self.protocol.connect())
-        self._send()
-
-    def _send(self) -> None:
-        assert self.transport is not None
-        for data in self.protocol.data_to_send():
-            if data:
-                self.transport.write(data)
+        flush_websocket(self.protocol, self.transport)
 
     def data_received(self, data: bytes) -> None:
         self.protocol.receive_data(data)
@@ -274,7 +276,7 @@ class WebSocketClient(asyncio.Protocol):
                 self.stats.bad_status += 1
         if now:
             self.stats.responses += 1
-        self._send()  # pongs
+        flush_websocket(self.protocol, self.transport)  # pongs
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.alive:

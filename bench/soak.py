@@ -35,7 +35,7 @@ from websockets.uri import parse_uri
 
 from bench import report
 from bench.harness import LOADGEN_CPU
-from bench.loadgen import HOST, CollectsResponse, Publisher, longpoll_request
+from bench.loadgen import HOST, CollectsResponse, Publisher, flush_websocket, longpoll_request
 from bench.procstat import rss_kib
 from bench.servers import SERVERS, Server
 
@@ -344,13 +344,7 @@ class WebSocketClient(SoakClient):
         uri = parse_uri(f"ws://{HOST}:{self.soak.server.port}/ws/{f.channel}?last_id={f.cursor}")
         self.protocol = ClientProtocol(uri, max_size=None)
         self.protocol.send_request(self.protocol.connect())
-        self._flush()
-
-    def _flush(self) -> None:
-        assert self.transport is not None
-        for data in self.protocol.data_to_send():
-            if data:
-                self.transport.write(data)
+        flush_websocket(self.protocol, self.transport)
 
     def data_received(self, data: bytes) -> None:
         self.protocol.receive_data(data)
@@ -368,7 +362,7 @@ class WebSocketClient(SoakClient):
                 self.count_in()
             else:
                 tally.bad_status += 1
-        self._flush()  # pongs
+        flush_websocket(self.protocol, self.transport)  # pongs
 
 
 def open_fds(pids: list[int]) -> int:
