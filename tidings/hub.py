@@ -249,6 +249,12 @@ class Channel:
     def buffered(self) -> int:
         return len(self.ring) if self.ring else 0
 
+    def vouch_from(self, ident: MessageId) -> None:
+        """Nothing up to `ident` can be vouched for: drop the buffer, so every older cursor is a gap."""
+        if self.ring:
+            self.ring.clear()
+        self.horizon = ident
+
     def expire(self, now_ms: int, ttl_ms: int) -> None:
         ring = self.ring
         if not ring:
@@ -377,10 +383,7 @@ class Hub:
         else:
             ch.expire(now_ms, self.ttl_ms)
             if message.after_loss:
-                # Nothing before this message can be vouched for: every older cursor is a gap.
-                if ch.ring:
-                    ch.ring.clear()
-                ch.horizon = message.id
+                ch.vouch_from(message.id)  # the bus lost what came before it
             ch.append(message, self.buffer_size)
         reached = 0
         waiters = ch.waiters
@@ -442,9 +445,7 @@ class Hub:
         cursors older than `ident` are gaps."""
         ch = self.channel(name)
         if ident > ch.horizon:
-            if ch.ring:
-                ch.ring.clear()
-            ch.horizon = ident
+            ch.vouch_from(ident)
             ch.last_id = max(ch.last_id, ident)
 
     def rebase(self, floor: MessageId) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -24,6 +25,16 @@ async def cancel_all(tasks: list[asyncio.Task[None]]) -> None:
     for task in tasks:
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+def foreign_data(payload: bytes) -> JSONValue:
+    """The data of a message some other program put on the bus (redis-cli PUBLISH, a ZeroMQ
+    publisher without our framing): a JSON object or array as such, anything else as text."""
+    text = payload.decode("utf-8", "replace")
+    if text[:1] in ("{", "["):
+        with contextlib.suppress(ValueError):
+            return json.loads(text)
+    return text
 
 
 class BrokerUnavailable(RuntimeError):

@@ -31,7 +31,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from tidings.brokers.base import Broker, BrokerUnavailable, Published, cancel_all
+from tidings.brokers.base import Broker, BrokerUnavailable, Published, cancel_all, foreign_data
 from tidings.hub import (
     ZERO_ID,
     ChannelInfo,
@@ -146,15 +146,6 @@ def _id(raw: bytes | str) -> MessageId:
 
 def _just_below(ident: MessageId) -> MessageId:
     return MessageId(ident.ms, ident.seq - 1) if ident.seq else MessageId(ident.ms - 1, MAX_SEQ)
-
-
-def _raw_data(payload: bytes) -> JSONValue:
-    """What a plain PUBLISH carries: a JSON object or array as such, anything else as text."""
-    text = payload.decode("utf-8", "replace")
-    if text[:1] in ("{", "["):
-        with contextlib.suppress(ValueError):
-            return json.loads(text)
-    return text
 
 
 class RedisStore:
@@ -395,7 +386,7 @@ class RedisBroker(Broker):
         elif payload == DELETED:
             self.hub.delete(channel)
         else:
-            self.hub.ingest(Message(ZERO_ID, channel, _raw_data(payload), now, live=True), now)
+            self.hub.ingest(Message(ZERO_ID, channel, foreign_data(payload), now, live=True), now)
 
     async def _report(self) -> None:
         while True:

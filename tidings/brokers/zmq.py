@@ -30,7 +30,7 @@ import secrets
 import zmq
 import zmq.asyncio
 
-from tidings.brokers.base import Broker, Published, cancel_all
+from tidings.brokers.base import Broker, Published, cancel_all, foreign_data
 from tidings.hub import Hub, InvalidChannel, JSONValue, Message, MessageId, encode_json, validate_channel, wall_clock_ms
 
 log = logging.getLogger("tidings.zmq")
@@ -55,16 +55,6 @@ def parse_url(url: str) -> tuple[str, str]:
     if not sep or "://" not in front or "://" not in back:
         raise ValueError(f"not a ZeroMQ URL (zmq:ENDPOINT1,ENDPOINT2): {url!r}")
     return front, back
-
-
-def decode_payload(payload: bytes, sequenced: bool) -> JSONValue:
-    if sequenced:
-        return json.loads(payload)
-    text = payload.decode("utf-8", "replace")
-    if text[:1] in ("{", "["):
-        with contextlib.suppress(ValueError):
-            return json.loads(text)
-    return text
 
 
 class ZmqBroker(Broker):
@@ -226,7 +216,7 @@ class ZmqBroker(Broker):
                 log.warning("the bus dropped %d message(s) from %s on %s", seq - last - 1, publisher.decode(), channel)
             self.seen[key] = seq
         try:
-            data = decode_payload(frames[1], len(frames) == 3)
+            data = json.loads(frames[1]) if len(frames) == 3 else foreign_data(frames[1])
         except ValueError:
             log.debug("ignoring a message on %s whose payload is not JSON", channel)
             return
@@ -236,4 +226,4 @@ class ZmqBroker(Broker):
         self.hub.ingest(Message(ch.last_id.next(now), channel, data, now, after_loss=after_loss), now)
 
 
-__all__ = ["ZmqBroker", "decode_payload", "parse_url"]
+__all__ = ["ZmqBroker", "parse_url"]

@@ -237,9 +237,7 @@ class App:
             channels = parse_channels(rest) if rest else ()
             self.authorize(request, "subscribe", channels)
             self.check_room(channels)
-            {"sse": sse.subscribe, "stream": stream.subscribe, "ws": websocket.subscribe}[head](
-                self, request, conn, channels
-            )
+            _STREAMS[head](self, request, conn, channels)
         elif head == "channels" and rest:
             _allow(method, "GET", "HEAD")
             self.authorize(request, "subscribe", [rest])
@@ -258,6 +256,9 @@ class App:
             self.static.serve(request.path, conn)
         else:
             raise HttpError(404, "not_found", f"no such resource: {request.path[:200]}")
+
+
+_STREAMS = {"sse": sse.subscribe, "stream": stream.subscribe, "ws": websocket.subscribe}
 
 
 class Cors:

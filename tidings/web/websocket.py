@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from websockets.datastructures import Headers
 from websockets.exceptions import InvalidState
-from websockets.frames import Close, CloseCode, Frame, Opcode
+from websockets.frames import CloseCode, Frame, Opcode
 from websockets.http11 import Request as WsRequest
 from websockets.protocol import State
 from websockets.server import ServerProtocol
@@ -52,10 +52,6 @@ log = logging.getLogger("tidings.ws")
 
 def text_frame(payload: bytes) -> bytes:
     return Frame(Opcode.TEXT, payload).serialize(mask=False)
-
-
-def close_frame(code: int, reason: str) -> bytes:
-    return Frame(Opcode.CLOSE, Close(code, reason).serialize()).serialize(mask=False)
 
 
 class WebSocketFormat(StreamFormat):
