@@ -15,7 +15,7 @@ class Settings:
     buffer_ttl: float = 3600.0  # seconds a message stays in the buffer
     max_message_bytes: int = 65536
     poll_timeout: float = 30.0  # default long-poll hold, seconds
-    max_poll_timeout: float = 120.0
+    max_poll_timeout: float = 55.0  # longer asks are held this long: under common proxies' 60 s read timeout
     heartbeat: float = 15.0  # seconds between SSE/stream keep-alive comments
     stream_buffer_bytes: int = 1 << 20  # unsent bytes a stream may queue before it is dropped
     request_timeout: float = 10.0
@@ -28,6 +28,7 @@ class Settings:
     auth_public_key: str = ""  # a PEM file with an RS256/ES256 public key
     public_channels: str = ""  # patterns anyone may subscribe to without a token (comma-separated)
     cors_origin: str = ""  # origins allowed cross-origin (comma-separated, or *); none by default
+    forwarded_allow_ips: str = ""  # reverse proxies whose X-Forwarded-For/-Proto are believed
     max_connections: int = 0  # 0: no limit but the process's file descriptors
     max_subscribers_per_channel: int = 0  # 0: no limit
     log_level: str = "info"

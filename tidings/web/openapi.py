@@ -1,5 +1,5 @@
 """GET /openapi.json: the API's OpenAPI 3.1 document (tidings/openapi.json), with this
-server's own long-poll timeout limit filled in."""
+server's own longest long-poll hold filled in."""
 
 from __future__ import annotations
 
@@ -14,5 +14,5 @@ def document(settings: Settings) -> bytes:
     doc: dict[str, Any] = json.loads(resources.files("tidings").joinpath("openapi.json").read_text("utf-8"))
     for parameter in doc["paths"]["/sub/{channels}"]["get"]["parameters"]:
         if parameter.get("name") == "timeout":
-            parameter["schema"]["maximum"] = settings.max_poll_timeout
+            parameter["description"] += f" (this server: {settings.max_poll_timeout:g} s)"
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()

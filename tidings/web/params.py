@@ -56,6 +56,8 @@ def cursor(params: Mapping[str, str], *names: str, header: bytes = b"", request:
 
 
 def seconds(params: Mapping[str, str], name: str, default: float, maximum: float) -> float:
+    """A duration parameter; asking for more than `maximum` gets `maximum` (a client cannot know
+    the server's limit, and a proxy in front cuts holds longer than its own read timeout)."""
     text = params.get(name)
     if text is None:
         return default
@@ -63,6 +65,6 @@ def seconds(params: Mapping[str, str], name: str, default: float, maximum: float
         value = float(text)
     except ValueError:
         raise HttpError(400, "invalid_parameter", f"{name} must be a number of seconds") from None
-    if not 0 <= value <= maximum:
-        raise HttpError(400, "invalid_parameter", f"{name} must be between 0 and {maximum:g} seconds")
-    return value
+    if not value >= 0:  # (also NaN)
+        raise HttpError(400, "invalid_parameter", f"{name} must be a number of seconds, 0 or more")
+    return min(value, maximum)
