@@ -14,7 +14,9 @@ from tidings.config import Settings
 from tidings.hub import DEFAULT_BATCH, Batch, Cursor, Hub, TidingsError, parse_channels, wall_clock_ms
 from tidings.web import info, longpoll, metrics, openapi, publish, sse, static, stream, websocket
 from tidings.web.batch import TurnBatcher
+from tidings.web.forwarded import ForwardedHeaders
 from tidings.web.http import HttpConnection, HttpError, Limits, Request, error_body
+from tidings.web.origin import OriginPolicy
 from tidings.web.streaming import StreamRegistry
 from tidings.web.wheel import TimeoutWheel
 
@@ -43,7 +45,8 @@ class App:
         self.streams = StreamRegistry(loop, settings.heartbeat, settings.stream_buffer_bytes)
         self.static = static.StaticFiles()
         self.openapi = openapi.document(settings)
-        self.cors = Cors(settings.cors_origin) if settings.cors_origin else None
+        self.origins = OriginPolicy(settings.cors_origin)
+        self.forwarded = ForwardedHeaders(settings.forwarded_allow_ips) if settings.forwarded_allow_ips else None
         self.auth: Auth | None = None
         if settings.auth_secret or settings.auth_public_key:
             try:
@@ -184,17 +187,26 @@ class App:
     # -- routing
 
     def handle(self, request: Request, conn: HttpConnection) -> None:
-        if self.cors is not None:
+        if self.forwarded is not None:
+            self.forwarded.apply(request)
+        origins = self.origins
+        if origins.cors:
             origin = request.header(b"origin")
-            if origin and self.cors.allows(origin):
-                conn.response_headers = self.cors.headers(origin)
+            if origin and origins.allows(origin):
+                conn.response_headers = origins.cors_headers(origin)
                 if request.method == "OPTIONS" and request.header(b"access-control-request-method"):
-                    conn.respond(204, b"", extra_headers=self.cors.preflight)
+                    conn.respond(204, b"", extra_headers=origins.preflight)
                     return
         try:
             self._route(request, conn)
         except TidingsError as exc:
             raise HttpError(400, exc.code, exc.detail) from None
+
+    def check_origin(self, request: Request) -> None:
+        """Before a request acts (WebSocket, publish, delete): 403 for a page on an origin that
+        may not; the cookie is dropped where it may not stand for the user (see web/origin.py)."""
+        if not self.origins.check_acting(request):
+            request.raw_headers = [(name, value) for name, value in request.raw_headers if name.lower() != b"cookie"]
 
     def authorize(self, request: Request, action: str, channels: tuple[str, ...] | list[str]) -> None:
         if self.auth is not None:
@@ -227,6 +239,7 @@ class App:
                 longpoll.subscribe(self, request, conn, channels)
         elif head == "pub" and rest:
             _allow(method, "POST", "DELETE")
+            self.check_origin(request)
             self.authorize(request, "publish", [rest])
             if method == "POST":
                 publish.publish(self, request, conn, rest)
@@ -235,6 +248,8 @@ class App:
         elif head in ("sse", "stream", "ws") and (rest or head == "ws"):
             _allow(method, "GET")
             channels = parse_channels(rest) if rest else ()
+            if head == "ws":
+                self.check_origin(request)
             self.authorize(request, "subscribe", channels)
             self.check_room(channels)
             _STREAMS[head](self, request, conn, channels)
@@ -259,27 +274,6 @@ class App:
 
 
 _STREAMS = {"sse": sse.subscribe, "stream": stream.subscribe, "ws": websocket.subscribe}
-
-
-class Cors:
-    """Which other origins' pages may use this server, and the headers that say so."""
-
-    def __init__(self, spec: str) -> None:
-        self.origins = {origin.strip().rstrip("/") for origin in spec.replace(" ", ",").split(",") if origin.strip()}
-        self.any = "*" in self.origins
-        self.preflight = (
-            b"Access-Control-Allow-Methods: GET, POST, DELETE, OPTIONS\r\n"
-            b"Access-Control-Allow-Headers: Content-Type, Authorization, Last-Event-ID\r\n"
-            b"Access-Control-Max-Age: 600\r\n"
-        )
-
-    def allows(self, origin: str) -> bool:
-        return self.any or origin in self.origins
-
-    def headers(self, origin: str) -> bytes:
-        if self.any:
-            return b"Access-Control-Allow-Origin: *\r\n"
-        return b"Access-Control-Allow-Origin: %s\r\nVary: Origin\r\n" % origin.encode("latin-1")
 
 
 def _allow(method: str, *allowed: str) -> None:

@@ -39,6 +39,7 @@ class Limits:
 class Request:
     __slots__ = (
         "body",
+        "client",
         "http11",
         "keep_alive",
         "method",
@@ -46,6 +47,7 @@ class Request:
         "query_string",
         "raw_headers",
         "raw_path",
+        "scheme",
     )
 
     def __init__(
@@ -57,6 +59,7 @@ class Request:
         body: bytes,
         keep_alive: bool,
         http11: bool,
+        client: str = "-",
     ) -> None:
         self.method = method
         self.raw_path = raw_path
@@ -66,6 +69,10 @@ class Request:
         self.body = body
         self.keep_alive = keep_alive
         self.http11 = http11
+        # Who asked, and over which scheme: the peer and plain http, unless a trusted reverse
+        # proxy says otherwise (tidings.web.forwarded).
+        self.client = client
+        self.scheme = "http"
 
     def header(self, name: bytes) -> str:
         """One header's value ("" when absent) without decoding the others; `name` lower-case."""
@@ -169,6 +176,7 @@ class HttpConnection(asyncio.Protocol):
         "limits",
         "loop",
         "parser",
+        "peer",
         "pipeline",
         "request",
         "response_headers",
@@ -184,6 +192,7 @@ class HttpConnection(asyncio.Protocol):
         self.limits = limits
         self.loop = loop
         self.transport: asyncio.Transport | None = None
+        self.peer = "-"  # the client's address
         self.parser = httptools.HttpRequestParser(self)
         self.state = _IDLE
         self.timer: asyncio.TimerHandle | None = None
@@ -206,6 +215,9 @@ class HttpConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
+        peername = transport.get_extra_info("peername")
+        if isinstance(peername, tuple):
+            self.peer = peername[0]
         self._set_timer(self.limits.keepalive_timeout)
         self.app.connection_opened(self)
 
@@ -319,6 +331,7 @@ class HttpConnection(asyncio.Protocol):
                 b"".join(self._body) if self._body else b"",
                 self.parser.should_keep_alive(),
                 self.parser.get_http_version() == "1.1",
+                self.peer,
             )
         except (UnicodeDecodeError, ValueError):
             raise HttpError(400, "bad_request", "the request target is not valid UTF-8", True) from None
@@ -378,9 +391,9 @@ class HttpConnection(asyncio.Protocol):
         self._finish(keep_alive)
 
     def _log_access(self, status: int, size: int) -> None:
-        request, peer = self.request, self.transport.get_extra_info("peername") if self.transport else None
-        method, path = (request.method, request.raw_path) if request is not None else ("-", "-")
-        access_log.info("%s %s %s %d %d", peer[0] if peer else "-", method, path, status, size)
+        request = self.request
+        client, method, path = (request.client, request.method, request.raw_path) if request else (self.peer, "-", "-")
+        access_log.info("%s %s %s %d %d", client, method, path, status, size)
 
     def respond_error(self, error: HttpError) -> None:
         if error.close:

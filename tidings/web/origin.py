@@ -1,0 +1,78 @@
+"""Which pages may use this server: CORS headers for reads, and the Origin check for requests
+that act (WebSocket handshakes, publish, delete).
+
+A browser sends `Origin` with every WebSocket handshake and every cross-origin POST/DELETE, and
+it attaches the user's cookies to them even when the page is on another origin (a form post
+needs no preflight; another port of the same host is the same site). So a request that can act
+and carries an `Origin` is refused unless that origin is this server's own (same scheme, host
+and port as the request's Host) or is listed in `--cors-origin`. With `--cors-origin '*'` any
+page may act, but never with the cookie: its token must be presented explicitly (header or
+`?token=`), which a page on another origin can only do when it was given the token.
+Requests without `Origin` (curl, servers, the CLI) are not browsers' and are unaffected.
+"""
+
+from __future__ import annotations
+
+from tidings.web.http import HttpError, Request
+
+_DEFAULT_PORTS = {"http": "80", "https": "443", "ws": "80", "wss": "443"}
+
+
+def normal_origin(scheme: str, host: str) -> str:
+    """`scheme://host[:port]` lower-cased, without the scheme's default port."""
+    scheme, host = scheme.lower(), host.strip().lower().rstrip("/")
+    name, colon, port = host.rpartition(":")
+    if colon and port == _DEFAULT_PORTS.get(scheme):  # ("[::1]" has no port: its tail "1]" is none)
+        host = name
+    return f"{scheme}://{host}"
+
+
+def _parse_origin(origin: str) -> str:
+    scheme, sep, host = origin.partition("://")
+    return normal_origin(scheme, host) if sep else origin.strip().lower()
+
+
+class OriginPolicy:
+    """`--cors-origin`: origins whose pages may call this server ("" for none, "*" for any)."""
+
+    def __init__(self, spec: str) -> None:
+        listed = {origin.strip() for origin in spec.replace(" ", ",").split(",") if origin.strip()}
+        self.any = "*" in listed
+        self.origins = {_parse_origin(origin) for origin in listed if origin != "*"}
+        self.preflight = (
+            b"Access-Control-Allow-Methods: GET, POST, DELETE, OPTIONS\r\n"
+            b"Access-Control-Allow-Headers: Content-Type, Authorization, Last-Event-ID\r\n"
+            b"Access-Control-Max-Age: 600\r\n"
+        )
+
+    @property
+    def cors(self) -> bool:
+        """Whether any other origin gets CORS headers at all."""
+        return self.any or bool(self.origins)
+
+    def listed(self, origin: str) -> bool:
+        return _parse_origin(origin) in self.origins
+
+    def allows(self, origin: str) -> bool:
+        return self.any or self.listed(origin)
+
+    def cors_headers(self, origin: str) -> bytes:
+        if self.any:
+            return b"Access-Control-Allow-Origin: *\r\n"
+        return b"Access-Control-Allow-Origin: %s\r\nVary: Origin\r\n" % origin.encode("latin-1")
+
+    def check_acting(self, request: Request) -> bool:
+        """Refuse (403) a browser request from a page that may not act here. Returns whether
+        the request's cookie may stand for the user (False: present a token explicitly)."""
+        origin = request.header(b"origin")
+        if not origin:
+            return True
+        if _parse_origin(origin) == normal_origin(request.scheme, request.header(b"host")) or self.listed(origin):
+            return True
+        if self.any:
+            return False
+        raise HttpError(
+            403,
+            "origin_not_allowed",
+            f"pages on {origin[:200]} may not act here (not this server's origin, not in --cors-origin)",
+        )
