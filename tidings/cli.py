@@ -126,8 +126,11 @@ class RedisPublisher:
     def __init__(self, args: argparse.Namespace) -> None:
         from tidings.brokers.redis import RedisStore
 
+        try:
+            self.store = RedisStore(args.redis, args.redis_prefix, args.buffer_size, args.buffer_ttl)
+        except ValueError as exc:
+            raise Failure(str(exc)) from None
         self.runner = asyncio.Runner()
-        self.store = RedisStore(args.redis, args.redis_prefix, args.buffer_size, args.buffer_ttl)
 
     def publish(self, channel: str, message: str, as_json: bool) -> dict[str, Any]:
         from tidings.brokers import BrokerUnavailable

@@ -277,3 +277,28 @@ def test_a_cursor_from_a_process_ahead_of_this_one_gets_no_duplicates(
         sse.close()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("flags", "error"),
+    [
+        (["--broker", "REDIS", "--redis-prefix", ""], "--redis-prefix must not be empty"),
+    ],
+)
+def test_redis_settings_that_make_no_sense_are_one_line_and_exit_1(
+    redis_server: RedisProcess, flags: list[str], error: str
+) -> None:
+    flags = [redis_server.url if flag == "REDIS" else flag for flag in flags]
+    done = subprocess.run([sys.executable, "-m", "tidings", "serve", "--port", "0", *flags],
+                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert done.returncode == 1 and done.stderr.startswith(f"tidings: {error}"), done.stderr
+    assert done.stderr.strip().count("\n") == 0, done.stderr
+
+
+def test_cli_publish_refuses_an_empty_redis_prefix(redis_server: RedisProcess) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "tidings", "publish", "--redis", redis_server.url, "--redis-prefix", "", "c", "m"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 1 and done.stderr.startswith("tidings: --redis-prefix must not be empty"), done.stderr
+    assert done.stderr.strip().count("\n") == 0 and redis_server.cli("KEYS", "epoch") == ""

@@ -148,11 +148,19 @@ def _just_below(ident: MessageId) -> MessageId:
     return MessageId(ident.ms, ident.seq - 1) if ident.seq else MessageId(ident.ms - 1, MAX_SEQ)
 
 
+def check_prefix(prefix: str) -> None:
+    if not prefix:
+        raise ValueError(
+            "--redis-prefix must not be empty: Tidings would subscribe to all of Redis and write bare keys"
+        )
+
+
 class RedisStore:
     """The command side: history, ids, counts. Needs no subscription, so `tidings publish
     --redis` uses it directly, with the same effect as a publish through any server."""
 
     def __init__(self, url: str, prefix: str, buffer_size: int, buffer_ttl: float) -> None:
+        check_prefix(prefix)
         self.url = url
         self.prefix = prefix
         self.buffer_size = buffer_size
