@@ -22,6 +22,8 @@ _HELP = {
     "port": "port to listen on (also PORT)",
     "broker": "message bus: memory, redis://host:port/db, or zmq://host:port1,port2 (a tidings zmq-proxy)",
     "redis_prefix": "prefix of the Redis pub/sub channels and keys Tidings uses",
+    "redis_subscribe": "plain Redis channels or glob patterns (comma-separated, e.g. messages,news.*) whose "
+    "PUBLISHes reach the Tidings channels of the same name",
     "buffer_size": "messages kept per channel",
     "buffer_ttl": "seconds a message stays buffered",
     "max_message_bytes": "largest accepted message body",
