@@ -22,6 +22,8 @@ _HELP = {
     "port": "port to listen on (also PORT)",
     "broker": "message bus: memory, redis://host:port/db, or zmq://host:port1,port2 (a tidings zmq-proxy)",
     "redis_prefix": "prefix of the Redis pub/sub channels and keys Tidings uses",
+    "redis_subscribe": "plain Redis channels or glob patterns (comma-separated, e.g. messages,news.*) whose "
+    "PUBLISHes reach the Tidings channels of the same name",
     "buffer_size": "messages kept per channel",
     "buffer_ttl": "seconds a message stays buffered",
     "max_message_bytes": "largest accepted message body",
@@ -127,8 +129,11 @@ class RedisPublisher:
     def __init__(self, args: argparse.Namespace) -> None:
         from tidings.brokers.redis import RedisStore
 
+        try:
+            self.store = RedisStore(args.redis, args.redis_prefix, args.buffer_size, args.buffer_ttl)
+        except ValueError as exc:
+            raise Failure(str(exc)) from None
         self.runner = asyncio.Runner()
-        self.store = RedisStore(args.redis, args.redis_prefix, args.buffer_size, args.buffer_ttl)
 
     def publish(self, channel: str, message: str, as_json: bool) -> dict[str, Any]:
         from tidings.brokers import BrokerUnavailable

@@ -11,6 +11,7 @@ class Settings:
     port: int = 8080
     broker: str = "memory"
     redis_prefix: str = "tidings:"  # Redis pub/sub channels and keys start with this
+    redis_subscribe: str = ""  # plain Redis channels or patterns taken in as Tidings channels (comma-separated)
     buffer_size: int = 100  # messages kept per channel
     buffer_ttl: float = 3600.0  # seconds a message stays in the buffer
     max_message_bytes: int = 65536

@@ -277,3 +277,133 @@ def test_a_cursor_from_a_process_ahead_of_this_one_gets_no_duplicates(
         sse.close()
 
     asyncio.run(scenario())
+
+
+# A publisher written before Tidings existed: plain redis-py, one PUBLISH per line of input.
+PLAIN_PUBLISHER = """
+import sys
+import redis
+
+client = redis.Redis(port=int(sys.argv[1]))
+for line in sys.stdin:
+    client.publish(sys.argv[2], line.rstrip("\\n"))
+"""
+
+
+def plain_publish(redis: RedisProcess, channel: str, *lines: str) -> None:
+    """Run the plain redis-py publisher: each of `lines` PUBLISHed on Redis channel `channel`."""
+    subprocess.run([sys.executable, "-c", PLAIN_PUBLISHER, str(redis.port), channel], input="".join(
+        line + "\n" for line in lines), text=True, check=True, capture_output=True, timeout=30)  # fmt: skip
+
+
+def test_a_plain_redis_py_publisher_reaches_the_sse_subscribers_of_its_channels(
+    start_server: Callable[..., ServerProcess], own_redis: RedisProcess
+) -> None:
+    node = start_server("--broker", own_redis.url, "--redis-subscribe", "messages,news.*", "--log-level", "debug")
+
+    async def scenario() -> None:
+        messages = await Connection.open(node.host, node.port)
+        await messages.start_stream("/sse/messages,elsewhere")
+        news = await Connection.open(node.host, node.port)
+        await news.start_stream("/sse/news.sport")
+        await asyncio.to_thread(plain_publish, own_redis, "messages", "hello", "quit", "still here")
+        events = await read_events(messages, '"still here"')
+        got = [json.loads(e["data"]) for e in events]
+        assert [m["data"] for m in got] == ["hello", "quit", "still here"]  # quit is just a message
+        assert all(m["id"] is None and m["channel"] == "messages" for m in got)
+        # A glob pattern; a Redis channel it matches that is no Tidings channel name is ignored.
+        await asyncio.to_thread(plain_publish, own_redis, "news.bad name", "x", "y")
+        await asyncio.to_thread(plain_publish, own_redis, "news.sport", '{"score": [2, 1]}')
+        [event] = await read_events(news, '"score"')
+        assert json.loads(event["data"])["data"] == {"score": [2, 1]}
+        # Outside the patterns: not taken in (the sentinel after it on a subscribed channel comes first).
+        await asyncio.to_thread(plain_publish, own_redis, "elsewhere", "not for Tidings")
+        await asyncio.to_thread(plain_publish, own_redis, "messages", "sentinel")
+        events = await read_events(messages, '"sentinel"')
+        assert [json.loads(e["data"])["data"] for e in events] == ["sentinel"]
+        messages.close()
+        news.close()
+
+    asyncio.run(scenario())
+    assert node.log().count("'news.bad name'") == 1, node.log()  # logged once, at debug
+    # Tidings' own keys and channels keep the prefix.
+    publish(node, "messages", "stored")
+    keys = own_redis.cli("KEYS", "*").split()
+    assert keys and all(key.startswith("tidings:") for key in keys), keys
+    assert own_redis.cli("PUBSUB", "CHANNELS") == ""  # only patterns: tidings:*, messages, news.*
+
+
+def test_overlapping_redis_subscriptions_deliver_each_message_once(
+    start_server: Callable[..., ServerProcess], own_redis: RedisProcess
+) -> None:
+    """`*` also matches Tidings' own channels (tidings:<channel>): those stay Tidings' own, and
+    a channel several patterns match is delivered once."""
+    node = start_server("--broker", own_redis.url, "--redis-subscribe", "messages,mess*,*")
+
+    async def scenario() -> None:
+        sse = await Connection.open(node.host, node.port)
+        await sse.start_stream("/sse/messages,tidings:messages")
+        await asyncio.to_thread(plain_publish, own_redis, "messages", "plain")
+        stored = publish(node, "messages", "stored").json()["id"]
+        await asyncio.to_thread(plain_publish, own_redis, "messages", "sentinel")
+        events = await read_events(sse, '"sentinel"')
+        got = [json.loads(e["data"]) for e in events]
+        assert [(m["channel"], m["data"], m["id"]) for m in got] == [
+            ("messages", "plain", None), ("messages", "stored", stored), ("messages", "sentinel", None),
+        ]  # fmt: skip
+        sse.close()
+
+    asyncio.run(scenario())
+
+
+def test_plain_redis_channels_are_subscribed_again_after_a_reconnect(
+    start_server: Callable[..., ServerProcess], own_redis: RedisProcess
+) -> None:
+    node = start_server("--broker", own_redis.url, "--redis-subscribe", "messages")
+
+    async def scenario() -> None:
+        sse = await Connection.open(node.host, node.port)
+        await sse.start_stream("/sse/messages")
+        own_redis.kill()
+        await asyncio.to_thread(
+            wait_until, lambda: httpx.get(f"{node.url}/healthz").status_code == 503, 10, "healthz to report 503"
+        )
+        own_redis.start()
+        await asyncio.to_thread(
+            wait_until, lambda: httpx.get(f"{node.url}/healthz").status_code == 200, 20, "the node to reconnect"
+        )
+        await asyncio.to_thread(plain_publish, own_redis, "messages", "after the restart")
+        [event] = await read_events(sse, '"after the restart"')
+        assert json.loads(event["data"])["channel"] == "messages"
+        sse.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("flags", "error"),
+    [
+        (["--broker", "REDIS", "--redis-prefix", ""], "--redis-prefix must not be empty"),
+        (["--redis-subscribe", "messages"], "--redis-subscribe needs a Redis broker"),
+        (["--broker", "REDIS", "--redis-subscribe", "messages,bad name"], "--redis-subscribe: 'bad name'"),
+        (["--broker", "REDIS", "--redis-subscribe", "room[12]"], "--redis-subscribe: 'room[12]'"),
+        (["--broker", "REDIS", "--redis-subscribe", "tidings:chat"], "--redis-subscribe: 'tidings:chat'"),
+    ],
+)
+def test_redis_settings_that_make_no_sense_are_one_line_and_exit_1(
+    redis_server: RedisProcess, flags: list[str], error: str
+) -> None:
+    flags = [redis_server.url if flag == "REDIS" else flag for flag in flags]
+    done = subprocess.run([sys.executable, "-m", "tidings", "serve", "--port", "0", *flags],
+                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert done.returncode == 1 and done.stderr.startswith(f"tidings: {error}"), done.stderr
+    assert done.stderr.strip().count("\n") == 0, done.stderr
+
+
+def test_cli_publish_refuses_an_empty_redis_prefix(redis_server: RedisProcess) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "tidings", "publish", "--redis", redis_server.url, "--redis-prefix", "", "c", "m"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 1 and done.stderr.startswith("tidings: --redis-prefix must not be empty"), done.stderr
+    assert done.stderr.strip().count("\n") == 0 and redis_server.cli("KEYS", "epoch") == ""

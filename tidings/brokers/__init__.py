@@ -10,14 +10,17 @@ def create_broker(settings: Settings, hub: Hub) -> Broker:
     (``redis://host:port/db``, ``rediss://``, ``unix://``) or a ZeroMQ forwarder
     (``zmq://host:port1,port2``, ``zmq:ENDPOINT1,ENDPOINT2``)."""
     url = settings.broker
+    redis = url.startswith(("redis://", "rediss://", "unix://"))
+    if settings.redis_subscribe and not redis:
+        raise ValueError("--redis-subscribe needs a Redis broker (--broker redis://host:port/db)")
     if url in ("memory", "memory://"):
         from tidings.brokers.memory import MemoryBroker
 
         return MemoryBroker(hub)
-    if url.startswith(("redis://", "rediss://", "unix://")):
+    if redis:
         from tidings.brokers.redis import RedisBroker
 
-        return RedisBroker(hub, url, settings.redis_prefix)
+        return RedisBroker(hub, url, settings.redis_prefix, settings.redis_subscribe)
     if url.startswith("zmq:"):
         from tidings.brokers.zmq import ZmqBroker
 

@@ -3,13 +3,15 @@
 Each published message goes through one Lua script that appends it to the channel's
 history (a Redis Stream: Redis assigns the `<ms>-<seq>` id, the same form the hub uses)
 and PUBLISHes it on `<prefix><channel>`, atomically, so every process receives messages
-in id order. Every process holds one pattern subscription (`<prefix>*`) and a pool of
-command connections — never a connection per subscriber — and keeps the recent history
-in its own hub as a cache; a read whose cursor is older than that cache is filled in from
-the stream (a client may resume on any process).
+in id order. Every process holds one subscription connection (the pattern `<prefix>*`, and
+those of `--redis-subscribe`) and a pool of command connections — never a connection per
+subscriber — and keeps the recent history in its own hub as a cache; a read whose cursor is
+older than that cache is filled in from the stream (a client may resume on any process).
 
 Anything else PUBLISHed on `<prefix><channel>` (redis-cli, another program) is delivered
-live to current subscribers: it has no id, is not kept in history and moves no cursor.
+live to current subscribers: it has no id, is not kept in history and moves no cursor. So is
+everything PUBLISHed on the plain Redis channels `--redis-subscribe` names (publishers that
+know nothing of Tidings), to the Tidings channel of the same name.
 
 Subscriber counts: each process writes its per-channel counts to a hash that expires
 (`REPORT_INTERVAL`, `REPORT_TTL`); publish and channel info add them up over processes.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
 import json
 import logging
 import uuid
@@ -56,6 +59,7 @@ DELETED = b"\x01"  # payload announcing a channel's deletion
 RESYNC_BATCH = 100  # channels caught up at once after a reconnect
 MAX_SEQ = 2**64 - 1  # the largest sequence number in a Redis stream id
 LIVENESS_INTERVAL = 5.0  # a quiet subscription is PINGed after this, and dropped if still quiet
+IGNORED_LIMIT = 1000  # Redis channels remembered as logged for not being channel names
 
 # Sum of the subscriber counts other processes reported for a channel, plus the caller's own
 # (exact) count. Processes are listed in a set; their count hashes expire.
@@ -148,11 +152,50 @@ def _just_below(ident: MessageId) -> MessageId:
     return MessageId(ident.ms, ident.seq - 1) if ident.seq else MessageId(ident.ms - 1, MAX_SEQ)
 
 
+class PlainChannels:
+    """The plain Redis channels `--redis-subscribe` takes in: names and glob patterns (`*`, `?`)
+    made of channel-name characters, so that Redis and `fnmatch` agree on what they match."""
+
+    def __init__(self, spec: str, prefix: str) -> None:
+        patterns: list[str] = []
+        for item in (part.strip() for part in spec.split(",")):
+            if not item or item in patterns:
+                continue
+            try:
+                validate_channel(item.replace("*", "_").replace("?", "_"))  # a name with wildcards in it
+            except InvalidChannel:
+                raise ValueError(
+                    f"--redis-subscribe: {item!r} is not a channel name or a pattern of them "
+                    "(1-128 characters of A-Za-z0-9_.:- and the wildcards * and ?)"
+                ) from None
+            if item.startswith(prefix):
+                raise ValueError(
+                    f"--redis-subscribe: {item!r} is inside --redis-prefix {prefix!r} (Tidings' own channels)"
+                )
+            patterns.append(item)
+        # All are PSUBSCRIBEd (a name is a pattern matching itself), in one command with the prefix's.
+        self.patterns = tuple(patterns)
+
+    def owner(self, name: str) -> str | None:
+        """The pattern a message on Redis channel `name` is taken through: Redis sends one copy
+        per matching pattern, and only one is delivered."""
+        return next((p for p in self.patterns if fnmatch.fnmatchcase(name, p)), None)
+
+
+def check_prefix(prefix: str) -> None:
+    if not prefix:
+        raise ValueError(
+            "--redis-prefix must not be empty: Tidings would subscribe to all of Redis and write bare keys "
+            "(plain Redis channels are taken in with --redis-subscribe)"
+        )
+
+
 class RedisStore:
     """The command side: history, ids, counts. Needs no subscription, so `tidings publish
     --redis` uses it directly, with the same effect as a publish through any server."""
 
     def __init__(self, url: str, prefix: str, buffer_size: int, buffer_ttl: float) -> None:
+        check_prefix(prefix)
         self.url = url
         self.prefix = prefix
         self.buffer_size = buffer_size
@@ -252,10 +295,14 @@ class RedisBroker(Broker):
     name = "redis"
     keeps_history = True
 
-    def __init__(self, hub: Hub, url: str, prefix: str = DEFAULT_PREFIX) -> None:
+    def __init__(self, hub: Hub, url: str, prefix: str = DEFAULT_PREFIX, plain: str = "") -> None:
         super().__init__(hub)
         hub.follows_bus = True  # clients may hold cursors from processes ahead of this one
         self.store = RedisStore(url, prefix, hub.buffer_size, hub.ttl_ms / 1000)
+        self.plain = PlainChannels(plain, prefix)
+        self._own_topics = prefix.encode()
+        self._own_pattern = self._own_topics + b"*"
+        self._ignored: set[bytes] = set()  # Redis channels already logged as no channel names
         self.node = uuid.uuid4().hex[:16]
         self.subscribed = False
         self._subscribed_once = asyncio.Event()
@@ -323,9 +370,10 @@ class RedisBroker(Broker):
         while True:
             pubsub = self.store.client.pubsub()
             try:
-                await pubsub.psubscribe(self.store.prefix + "*")
-                while (await pubsub.get_message(timeout=5.0)) is None:
-                    pass  # the subscription's confirmation
+                await pubsub.psubscribe(self._own_pattern, *self.plain.patterns)
+                for _ in range(1 + len(self.plain.patterns)):
+                    while (await pubsub.get_message(timeout=5.0)) is None:
+                        pass  # one confirmation per pattern, before anything else
                 seconds, micros = await self.store.client.time()
                 # Every message with a higher id was published while subscribed: channels this
                 # process has not seen start there, and older cursors are filled from history.
@@ -337,7 +385,12 @@ class RedisBroker(Broker):
                     await self._resync()
                 self.subscribed = True
                 self._subscribed_once.set()
-                log.info("Redis %s: subscribed to %s*", self.store.url, self.store.prefix)
+                log.info(
+                    "Redis %s: subscribed to %s*%s",
+                    self.store.url,
+                    self.store.prefix,
+                    "".join(f", {p}" for p in self.plain.patterns),
+                )
                 state, backoff = "up", 0.1
                 pinged = False
                 while True:
@@ -350,8 +403,12 @@ class RedisBroker(Broker):
                         pinged = True
                         continue
                     pinged = False
-                    if message["type"] == "pmessage":
+                    if message["type"] != "pmessage":
+                        continue
+                    if message["pattern"] == self._own_pattern:
                         self._receive(message["channel"], message["data"])
+                    else:
+                        self._receive_plain(message["pattern"], message["channel"], message["data"])
             except (RedisError, BrokerUnavailable, OSError) as exc:
                 self.subscribed = False
                 if state != "down":
@@ -367,11 +424,22 @@ class RedisBroker(Broker):
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
 
-    def _receive(self, topic: bytes, payload: bytes) -> None:
+    def _channel(self, topic: bytes, start: int) -> str | None:
+        """The Tidings channel named by Redis channel `topic` from byte `start` on; None when
+        that is not a valid channel name (logged once per Redis channel)."""
         try:
-            channel = validate_channel(topic.decode("utf-8")[len(self.store.prefix) :])
+            return validate_channel(topic[start:].decode("utf-8"))
         except (UnicodeDecodeError, InvalidChannel):
-            log.debug("ignoring a message on %r (not a valid channel name)", topic)
+            if topic not in self._ignored:
+                if len(self._ignored) >= IGNORED_LIMIT:
+                    self._ignored.clear()
+                self._ignored.add(topic)
+                log.debug("ignoring messages on Redis channel %r (not a valid channel name)", topic)
+            return None
+
+    def _receive(self, topic: bytes, payload: bytes) -> None:
+        channel = self._channel(topic, len(self._own_topics))
+        if channel is None:
             return
         now = wall_clock_ms()
         if payload[:1] == STORED:
@@ -386,7 +454,19 @@ class RedisBroker(Broker):
         elif payload == DELETED:
             self.hub.delete(channel)
         else:
-            self.hub.ingest(Message(ZERO_ID, channel, foreign_data(payload), now, live=True), now)
+            self._ingest_live(channel, payload, now)
+
+    def _receive_plain(self, pattern: bytes, topic: bytes, payload: bytes) -> None:
+        """A PUBLISH on a channel `--redis-subscribe` names: live, to the channel of the same name.
+        Its payload has no framing (a \\x01 there deletes nothing)."""
+        if topic.startswith(self._own_topics):
+            return  # Tidings' own channel (a pattern like * matches it too): taken in as such
+        channel = self._channel(topic, 0)
+        if channel is not None and self.plain.owner(channel) == pattern.decode():
+            self._ingest_live(channel, payload, wall_clock_ms())
+
+    def _ingest_live(self, channel: str, payload: bytes, now: int) -> None:
+        self.hub.ingest(Message(ZERO_ID, channel, foreign_data(payload), now, live=True), now)
 
     async def _report(self) -> None:
         while True:
