@@ -172,3 +172,30 @@ def test_no_horizontal_scroll_on_phones_and_desktops(
             if width < 600:
                 assert control["height"] >= 44, (name, layout)  # a finger-sized tap target
         page.context.close()
+
+
+def test_a_repeated_enter_sends_once(browser: Browser, server: ServerProcess, channel: str) -> None:
+    page = open_chat(browser, server, channel)
+    page.fill("#nick", "ann")
+    page.fill("#message", "only once")
+    for _ in range(3):  # faster than the publish's answer, like a double tap on Send
+        page.keyboard.press("Enter")
+    httpx.post(f"{server.url}/pub/{channel}", json={"nick": "server", "message": "after"}, timeout=10)
+    wait_for_text(page, "after")
+    assert page.locator("#conversation .text").all_inner_texts() == ["only once", "after"]
+    page.context.close()
+
+
+def test_a_message_that_was_not_sent_comes_back(
+    browser: Browser, start_server: Callable[..., ServerProcess], channel: str
+) -> None:
+    srv = start_server()
+    page = open_chat(browser, srv, channel)
+    srv.kill()
+    say(page, "ann", "try again later")
+    page.wait_for_function(
+        "[...document.querySelectorAll('#conversation .notice')].some((e) => e.textContent.startsWith('Not sent'))",
+        timeout=WAIT_MS,
+    )
+    assert page.input_value("#message") == "try again later"
+    page.context.close()
