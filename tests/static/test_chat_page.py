@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 from conftest import ServerProcess, free_port
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page, ViewportSize, sync_playwright
 
 CHROMIUM = next(
     (path for path in ("/usr/lib/chromium/chromium", "/usr/bin/chromium") if os.path.exists(path)), "/usr/bin/chromium"
@@ -26,8 +26,14 @@ def browser() -> Iterator[Browser]:
         browser.close()
 
 
-def open_chat(browser: Browser, srv: ServerProcess, channel: str, transport: str | None = None) -> Page:
-    page = browser.new_context().new_page()
+def open_chat(
+    browser: Browser,
+    srv: ServerProcess,
+    channel: str,
+    transport: str | None = None,
+    viewport: ViewportSize | None = None,
+) -> Page:
+    page = browser.new_context(viewport=viewport).new_page()
     query = f"?channel={channel}" + (f"&transport={transport}" if transport else "")
     page.goto(srv.url + "/" + query)
     wait_connected(page)
@@ -61,6 +67,7 @@ def test_two_pages_chat(browser: Browser, server: ServerProcess, channel: str, t
     wait_for_text(bob, f"hello from ann over {transport}")
     say(bob, "bob", "hi ann")
     wait_for_text(ann, "hi ann")
+    wait_for_text(bob, "hi ann")  # bob's own message comes back to him on his subscription, maybe after ann's
     assert bob.inner_text("#conversation .msg:last-child .nick") == "bob"
     ann.context.close()
     bob.context.close()
@@ -117,4 +124,78 @@ def test_the_page_passes_its_token(browser: Browser, start_server: Callable[...,
     wait_connected(page)
     say(page, "ann", "with a token")
     wait_for_text(page, "with a token")
+    page.context.close()
+
+
+LONG_WORD = "Llanfairpwllgwyngyll" * 10
+LONG_URL = "https://example.com/" + "/".join(f"section{i}" for i in range(25)) + "?q=" + "x" * 100
+# Where things are, in CSS pixels, as the page lays them out.
+LAYOUT = """() => {
+  const box = (selector) => document.querySelector(selector).getBoundingClientRect().toJSON();
+  const pane = document.getElementById('conversation');
+  return {
+    viewport: {width: window.innerWidth, height: window.innerHeight},
+    pageScrollWidth: document.documentElement.scrollWidth,
+    paneScrollWidth: pane.scrollWidth,
+    paneClientWidth: pane.clientWidth,
+    column: box('#conversation'),
+    controls: {nick: box('#nick'), message: box('#message'), send: box('#send')},
+  };
+}"""
+
+
+@pytest.mark.parametrize(("width", "height"), [(320, 568), (390, 844), (1280, 800)])
+def test_no_horizontal_scroll_on_phones_and_desktops(
+    browser: Browser, server: ServerProcess, channel: str, width: int, height: int
+) -> None:
+    channel += "x" * 100  # a long channel name in the header, too
+    viewport: ViewportSize = {"width": width, "height": height}
+    ann = open_chat(browser, server, channel, viewport=viewport)
+    bob = open_chat(browser, server, channel, viewport=viewport)
+    for text in (LONG_WORD, LONG_URL):
+        say(ann, "ann", text)
+        wait_for_text(bob, text)
+    # Other publishers are not held to the page's maxlength: a long unbroken nickname.
+    httpx.post(f"{server.url}/pub/{channel}", json={"nick": "n" * 120, "message": "hi"}, timeout=10).raise_for_status()
+    say(bob, "bob", "hi ann")
+    wait_for_text(ann, "hi ann")
+    for page in (ann, bob):
+        layout = page.evaluate(LAYOUT)
+        assert layout["pageScrollWidth"] <= layout["viewport"]["width"], layout
+        assert layout["paneScrollWidth"] <= layout["paneClientWidth"], layout
+        screen, column = layout["viewport"], layout["column"]
+        for name, control in layout["controls"].items():
+            # Inside the screen, and inside the page's column (not past its margin).
+            assert control["left"] >= 0 and control["right"] <= screen["width"], (name, layout)
+            assert control["top"] >= 0 and control["bottom"] <= screen["height"], (name, layout)
+            assert control["left"] >= column["left"] and control["right"] <= column["right"], (name, layout)
+            if width < 600:
+                assert control["height"] >= 44, (name, layout)  # a finger-sized tap target
+        page.context.close()
+
+
+def test_a_repeated_enter_sends_once(browser: Browser, server: ServerProcess, channel: str) -> None:
+    page = open_chat(browser, server, channel)
+    page.fill("#nick", "ann")
+    page.fill("#message", "only once")
+    for _ in range(3):  # faster than the publish's answer, like a double tap on Send
+        page.keyboard.press("Enter")
+    httpx.post(f"{server.url}/pub/{channel}", json={"nick": "server", "message": "after"}, timeout=10)
+    wait_for_text(page, "after")
+    assert page.locator("#conversation .text").all_inner_texts() == ["only once", "after"]
+    page.context.close()
+
+
+def test_a_message_that_was_not_sent_comes_back(
+    browser: Browser, start_server: Callable[..., ServerProcess], channel: str
+) -> None:
+    srv = start_server()
+    page = open_chat(browser, srv, channel)
+    srv.kill()
+    say(page, "ann", "try again later")
+    page.wait_for_function(
+        "[...document.querySelectorAll('#conversation .notice')].some((e) => e.textContent.startsWith('Not sent'))",
+        timeout=WAIT_MS,
+    )
+    assert page.input_value("#message") == "try again later"
     page.context.close()

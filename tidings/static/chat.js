@@ -60,8 +60,14 @@
     var text = message.value;
     if (!text.trim() || !nick.value.trim()) return;
     localStorage.setItem("tidings-nick", nick.value);
+    // Emptied at once, so that a repeated Enter or a double tap on Send cannot send it twice;
+    // it comes back if sending fails (unless a new message is being typed by then).
+    message.value = "";
+    message.focus();
     Tidings.publish("", channel, { nick: nick.value, message: text }, { token: token })
-      .then(function () { message.value = ""; message.focus(); })
-      .catch(function (err) { line("notice", [["span", "", "Not sent: " + err.message]]); });
+      .catch(function (err) {
+        if (!message.value) message.value = text;
+        line("notice", [["span", "", "Not sent: " + err.message]]);
+      });
   });
 })();
