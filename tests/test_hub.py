@@ -133,6 +133,23 @@ def test_multi_channel_read_merges_in_id_order_with_one_cursor() -> None:
     assert [m.data for m in rest.messages] == ["a2"]
 
 
+def test_oldest_continues_from_the_start_of_the_buffer_not_from_zero() -> None:
+    hub = make_hub(size=3)
+    for i in range(4):
+        publish(hub, "a", f"a{i}", T0 + 1 + i)  # a0 leaves the buffer
+    publish(hub, "b", "b0", T0 + 5)
+    batch = hub.read(["a", "b"], Cursor(oldest=True), T0 + 6, limit=1)
+    assert [m.data for m in batch.messages] == ["a1"] and batch.more
+    # b was cut off by the limit: its position is where its buffer starts, which sent back
+    # is no gap (a position of zero would be: the buffer does not reach back that far).
+    token = cursor_token(["a", "b"], batch.positions)
+    rest = hub.read(["a", "b"], Cursor.parse(token), T0 + 7)
+    assert [m.data for m in rest.messages] == ["a2", "a3", "b0"] and rest.gaps == []
+    # `starts`, the cursor from before the batch's first message, reads the same batch again.
+    again = hub.read(["a", "b"], Cursor.parse(cursor_token(["a", "b"], batch.starts)), T0 + 8)
+    assert [m.data for m in again.messages] == ["a1", "a2", "a3", "b0"] and again.gaps == []
+
+
 def test_cursor_tokens_parse_and_reject_garbage() -> None:
     assert Cursor.parse(None) is NOW
     assert Cursor.parse("oldest").oldest

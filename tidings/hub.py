@@ -292,13 +292,17 @@ class Batch:
     channels on which messages after the cursor are no longer buffered (`gaps`), and the
     channels on which this hub's buffer does not reach back to the cursor (`incomplete`:
     the gaps, and `oldest` reads of channels buffered here only since some point) — a
-    broker with history of its own can fill those in (see `backfill`)."""
+    broker with history of its own can fill those in (see `backfill`).
+
+    `starts` is the cursor from before the first message (the same dict as `positions` when
+    there are none): streams rewind to it so that each message carries its own cursor."""
 
     messages: list[Message]
     positions: dict[str, MessageId]
     gaps: list[str]
     more: bool = False
     incomplete: list[str] = field(default_factory=list)
+    starts: dict[str, MessageId] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -485,20 +489,28 @@ class Hub:
                 incomplete.append(name)
             newer = ch.after(start)
             pending.extend(newer)
-            # With nothing pending, continue from the channel's newest id — or from a cursor
-            # ahead of it when following a bus (see the class's note).
-            positions[name] = start if newer or (self.follows_bus and start > ch.last_id) else ch.last_id
+            if newer:
+                # Before the first of them. For `oldest`, the start of the buffer: a position
+                # of zero would read as a gap when sent back.
+                positions[name] = ch.horizon if cursor.oldest else start
+            else:
+                # Continue from the channel's newest id — or from a cursor ahead of it when
+                # following a bus (see the class's note).
+                positions[name] = start if self.follows_bus and start > ch.last_id else ch.last_id
         more = False
         if len(names) > 1:
             pending.sort(key=_message_order)
         if limit is not None and len(pending) > limit:
             more = True
             del pending[limit:]
-        for message in pending:
-            positions[message.channel] = message.id
+        starts = positions
+        if pending:
+            positions = dict(starts)
+            for message in pending:
+                positions[message.channel] = message.id
         # `oldest` asks for whatever is buffered: nothing counts as missed.
         gaps = [] if cursor.oldest else incomplete
-        return Batch(pending, positions, gaps, more, incomplete)
+        return Batch(pending, positions, gaps, more, incomplete, starts)
 
     def wait(self, names: Iterable[str], waiter: Waiter) -> None:
         for name in names:

@@ -21,13 +21,9 @@ class SSEFormat(StreamFormat):
     key = "sse"
     content_type = b"text/event-stream; charset=utf-8"
     heartbeat = b": heartbeat\n\n"
-    cursor_in_frames = True
 
     def preamble(self) -> bytes:
         return b": tidings\n\n"
-
-    def message(self, message: Message) -> bytes:
-        return b"id: %s\ndata: %s\n\n" % (str(message.id).encode(), message.json)
 
     def message_with_cursor(self, message: Message, token: str) -> bytes:
         return b"id: %s\ndata: %s\n\n" % (token.encode(), message.json)
@@ -42,5 +38,4 @@ FORMAT = SSEFormat()
 def subscribe(app: App, request: Request, conn: HttpConnection, channels: tuple[str, ...]) -> None:
     query = params.query(request)
     cursor = params.cursor(query, "last_event_id", "last_id", header=b"last-event-id", request=request)
-    stream = Stream(app, conn, channels, FORMAT)
-    app.read(conn, channels, cursor, lambda batch: stream.begin(cursor, batch), limit=None)
+    app.read(conn, channels, cursor, Stream(app, conn, channels, FORMAT).begin, limit=None)

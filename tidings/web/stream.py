@@ -1,6 +1,7 @@
 """GET /stream/{channels}: one long chunked response. NDJSON by default (one message per
-line, control lines carry an "event" key, blank lines are keep-alives); with ?format=html or
-a browser's Accept: text/html, a growing HTML page with one escaped <div> per message."""
+line, with the cursor to resume after it as "last_id"; control lines carry an "event" key,
+blank lines are keep-alives); with ?format=html or a browser's Accept: text/html, a growing
+HTML page with one escaped <div> per message, its cursor in data-last-id."""
 
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ class NDJSONFormat(StreamFormat):
     content_type = b"application/x-ndjson"
     heartbeat = b"\n"
 
-    def message(self, message: Message) -> bytes:
-        return message.json + b"\n"
+    def message_with_cursor(self, message: Message, token: str) -> bytes:
+        # The message object with one key more: {"id", "channel", "data", "time", "last_id"}.
+        return b'%s,"last_id":"%s"}\n' % (message.json[:-1], token.encode())
 
     def event(self, name: str, payload: dict[str, object]) -> bytes:
         return event_json(name, payload) + b"\n"
@@ -50,7 +52,7 @@ class HTMLFormat(StreamFormat):
     def preamble(self) -> bytes:
         return _HTML_HEAD + _HTML_PADDING
 
-    def message(self, message: Message) -> bytes:
+    def message_with_cursor(self, message: Message, token: str) -> bytes:
         data = message.data
         if isinstance(data, dict) and "message" in data:
             nick = html.escape(_html_text(data.get("nick", "anonymous")))
@@ -58,7 +60,8 @@ class HTMLFormat(StreamFormat):
         else:
             body = html.escape(_html_text(data))
         return (
-            f'<div class="m" data-id="{message.id}"><span class="c">[{message.channel}]</span> {body}</div>\n'
+            f'<div class="m" data-id="{message.id}" data-last-id="{token}">'
+            f'<span class="c">[{message.channel}]</span> {body}</div>\n'
         ).encode()
 
     def event(self, name: str, payload: dict[str, object]) -> bytes:
@@ -81,5 +84,4 @@ def subscribe(app: App, request: Request, conn: HttpConnection, channels: tuple[
     else:
         raise HttpError(400, "invalid_parameter", "format must be ndjson or html")
     cursor = params.cursor(query, "last_id")
-    stream = Stream(app, conn, channels, fmt)
-    app.read(conn, channels, cursor, lambda batch: stream.begin(cursor, batch), limit=None)
+    app.read(conn, channels, cursor, Stream(app, conn, channels, fmt).begin, limit=None)

@@ -1,9 +1,10 @@
-"""What SSE and /stream share: a subscriber that stays, whose messages are merged into one
-write per loop turn, with a cap on unsent bytes and a periodic heartbeat.
+"""What SSE, /stream and WebSocket share: a subscriber that stays, whose messages are merged
+into one write per loop turn, with a cap on unsent bytes and a periodic heartbeat.
 
 Each transport supplies a `StreamFormat` (how a message, a gap, a closed channel and a
-heartbeat look on the wire); a message's framing is built once and shared by every
-stream of that format."""
+heartbeat look on the wire). Every message frame carries the cursor to resume after it: on a
+single-channel stream that is the message's id, so the frame is built once and shared by every
+stream of that format; on several channels it differs per stream."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from tidings.hub import ZERO_ID, Batch, Cursor, Message, MessageId, cursor_token
+from tidings.hub import ZERO_ID, Batch, Message, MessageId, cursor_token
 from tidings.web.http import chunk
 
 if TYPE_CHECKING:
@@ -23,12 +24,12 @@ SLOW_CLOSE_GRACE = 5.0  # seconds a dropped slow stream gets to take its last by
 
 
 class StreamFormat:
-    """How a stream looks on the wire. Subclasses set the attributes and `message`/`event`."""
+    """How a stream looks on the wire. Subclasses set the attributes, `message_with_cursor`
+    and `event`."""
 
     key = ""  # names this format's cached framing on a Message
     content_type = b""
     heartbeat = b""
-    cursor_in_frames = False  # whether each message frame carries the resume cursor
 
     def __init__(self) -> None:
         self.chunk_key = self.key + "/chunk"  # names the cached framing as an HTTP chunk
@@ -36,14 +37,16 @@ class StreamFormat:
     def preamble(self) -> bytes:
         return b""
 
-    def message(self, message: Message) -> bytes:
+    def message_with_cursor(self, message: Message, token: str) -> bytes:
+        """A message's frame, carrying `token`: the cursor to resume after it."""
         raise NotImplementedError
+
+    def message(self, message: Message) -> bytes:
+        """The frame on a single-channel stream, whose cursor is the message's id."""
+        return self.message_with_cursor(message, str(message.id))
 
     def message_chunk(self, message: Message) -> bytes:
         return chunk(self.message(message))
-
-    def message_with_cursor(self, message: Message, token: str) -> bytes:
-        return self.message(message)
 
     def event(self, name: str, payload: dict[str, object]) -> bytes:
         raise NotImplementedError
@@ -62,16 +65,19 @@ class Stream:
         self.registry = app.streams
         self.app = app
         self.conn = conn
-        self.channels = channels
         self.fmt = fmt
-        self.positions: dict[str, MessageId] = {}
+        self.positions: dict[str, MessageId] = {}  # per channel: the last message queued (several channels)
         self.seen_to: dict[str, MessageId] = {}  # per channel: what the stream began after
         self.pending: list[bytes] = []  # bytes framed for the connection, to send this turn
         self.chunked = False
+        self.channels: tuple[str, ...] = ()
+        self.build: Callable[[Message], bytes] = self._shared_frame
+        self._set_channels(channels)
+
+    def _set_channels(self, channels: tuple[str, ...]) -> None:
+        self.channels = channels
         # Multi-channel cursors differ per stream; a single channel's frames are shared.
-        self.build: Callable[[Message], bytes] = (
-            self._frame_with_cursor if fmt.cursor_in_frames and len(channels) > 1 else self._shared_frame
-        )
+        self.build = self._frame_with_cursor if len(channels) > 1 else self._shared_frame
 
     def _shared_frame(self, message: Message) -> bytes:
         # Framed once per message for every stream alike: as an HTTP chunk, or bare for HTTP/1.0.
@@ -81,32 +87,39 @@ class Stream:
 
     def _frame_with_cursor(self, message: Message) -> bytes:
         self.positions[message.channel] = message.id
-        data = self.fmt.message_with_cursor(message, cursor_token(self.channels, self.positions))
-        return chunk(data) if self.chunked else data
+        return self._framed(self.fmt.message_with_cursor(message, cursor_token(self.channels, self.positions)))
 
-    def begin(self, cursor: Cursor, batch: Batch) -> None:
-        """Send the headers, any gap and the backlog after the cursor, then join the hub."""
-        fmt = self.fmt
+    def begin(self, batch: Batch) -> None:
+        """Send the headers, any gap and the backlog after the client's cursor, and join the hub."""
         self.chunked = False  # the backlog goes out unframed, as the stream's preamble
-        parts = [fmt.preamble()]
-        if batch.gaps:
-            self.app.stats.gaps_served += 1
-            parts.append(fmt.event("gap", {"channels": batch.gaps}))
-        self.positions = dict(batch.positions)
-        for message in batch.messages:  # rewind, so each backlog frame carries its own cursor
-            self.positions[message.channel] = cursor.position(message.channel) or ZERO_ID
-        parts.extend(self.build(m) for m in batch.messages)
-        self.positions = dict(batch.positions)
-        self.seen_to = batch.positions
-        self.conn.start_stream(fmt.content_type, preamble=b"".join(parts))
+        backlog = self.catch_up(self.channels, batch)
+        self.conn.start_stream(self.fmt.content_type, preamble=self.fmt.preamble() + b"".join(backlog))
         self.chunked = self.conn.chunked
         self.conn.hold(self)
-        self.app.hub.join(self.channels, self)
         self.registry.add(self)
+
+    def catch_up(self, channels: tuple[str, ...], batch: Batch) -> list[bytes]:
+        """The frames (for the connection as it is framed now) of `batch`, read after the
+        client's cursor on `channels` (which this stream has taken on): a gap event if messages
+        are missing, then the backlog, each message with the cursor to resume after it. Joins
+        the hub on `channels`, so that what follows comes live."""
+        frames = []
+        if batch.gaps:
+            self.app.stats.gaps_served += 1
+            frames.append(self._framed(self.fmt.event("gap", {"channels": batch.gaps})))
+        self.positions.update(batch.starts)  # rewound: the first frame continues from the cursor
+        frames.extend(self.build(m) for m in batch.messages)
+        self.positions.update(batch.positions)
+        self.seen_to = {**self.seen_to, **batch.positions}
+        self.app.hub.join(channels, self)
+        return frames
+
+    def _framed(self, data: bytes) -> bytes:
+        return chunk(data) if self.chunked else data
 
     def push(self, data: bytes) -> None:
         """Send `data` (not yet framed) at the end of this loop turn."""
-        self._queue(chunk(data) if self.chunked else data)
+        self._queue(self._framed(data))
 
     def _queue(self, framed: bytes) -> None:
         if not self.pending:

@@ -58,10 +58,6 @@ class WebSocketFormat(StreamFormat):
     key = "ws"
     content_type = b""
     heartbeat = Frame(Opcode.PING, b"").serialize(mask=False)
-    cursor_in_frames = True
-
-    def message(self, message: Message) -> bytes:
-        return self.message_with_cursor(message, str(message.id))
 
     def message_with_cursor(self, message: Message, token: str) -> bytes:
         return text_frame(b'{"type":"message","last_id":"%s","message":%s}' % (token.encode(), message.json))
@@ -97,12 +93,11 @@ class WebSocketStream(Stream):
             ch = self.app.hub.get(name)
             if ch is not None and ch.last_id > self.positions.get(name, ZERO_ID):
                 self.positions[name] = ch.last_id
-        self.channels = channels
-        self.build = self._shared_frame if len(channels) == 1 else self._frame_with_cursor
+        super()._set_channels(channels)
 
-    def start(self, channels: tuple[str, ...], cursor: Cursor, batch: Batch) -> None:
+    def start(self, channels: tuple[str, ...], batch: Batch) -> None:
         self._set_channels(channels)
-        self.begin(cursor, batch)
+        self.begin(batch)
         inbox, self.inbox = self.inbox, None
         for data in inbox or ():
             self.receive(data)
@@ -198,20 +193,14 @@ class WebSocketStream(Stream):
         if new:
             self.app.authorize(self.handshake, "subscribe", new)
             self.app.check_room(new)
-            cursor = Cursor.parse(token)
-            self.app.read(self.conn, new, cursor, lambda batch: self._add(new, cursor, batch), limit=None)
+            self.app.read(self.conn, new, Cursor.parse(token), lambda batch: self._add(new, batch), limit=None)
 
-    def _add(self, channels: tuple[str, ...], cursor: Cursor, batch: Batch) -> None:
+    def _add(self, channels: tuple[str, ...], batch: Batch) -> None:
         if self.conn.closed:
             return
         self._set_channels(tuple(dict.fromkeys(self.channels + channels)))
-        if batch.gaps:
-            self.push(FORMAT.event("gap", {"channels": batch.gaps}))
-        self.positions.update(batch.positions)
-        for message in batch.messages:
-            self._queue(self.build(message))
-        self.seen_to = {**self.seen_to, **batch.positions}
-        self.app.hub.join(channels, self)
+        for frame in self.catch_up(channels, batch):
+            self._queue(frame)
 
     def _unsubscribe(self, channels: list[str]) -> None:
         gone = [name for name in channels if name in self.channels]
@@ -258,7 +247,7 @@ def subscribe(app: App, request: Request, conn: HttpConnection, channels: tuple[
     ws = WebSocketStream(app, conn, protocol, request)
     conn.upgrade(response.serialize(), ws)
     cursor = params.cursor(params.query(request), "last_id")
-    app.read(conn, channels, cursor, lambda batch: ws.start(channels, cursor, batch), limit=None)
+    app.read(conn, channels, cursor, lambda batch: ws.start(channels, batch), limit=None)
 
 
 __all__ = ["FORMAT", "WebSocketStream", "subscribe"]
