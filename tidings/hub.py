@@ -103,21 +103,21 @@ def encode_json(value: JSONValue) -> bytes:
 class Message:
     """One published message. Its JSON form is encoded once and shared by every subscriber;
     transports cache their own framings of it in `framed`. `channel` must already be a
-    valid channel name (see `validate_channel`).
+    valid channel name (see `validate_channel`). Only the JSON is kept, not `data` as
+    published: a parsed body can take twenty times its JSON's size (`[[],[],...]`).
 
     A `live` message (one published on the bus without going through a broker's history,
     e.g. a plain Redis PUBLISH) is delivered to current subscribers only: it is not
     buffered, has no id of its own (`"id": null`) and carries the channel's last id as
     `id`, so that cursors neither move nor break because of it."""
 
-    __slots__ = ("after_loss", "channel", "data", "framed", "id", "json", "live", "time")
+    __slots__ = ("after_loss", "channel", "framed", "id", "json", "live", "time")
 
     def __init__(
         self, id: MessageId, channel: str, data: JSONValue, time: int, live: bool = False, after_loss: bool = False
     ) -> None:
         self.id = id
         self.channel = channel
-        self.data = data
         self.time = time
         self.live = live
         # The bus lost messages just before this one (see `Hub.ingest`).
@@ -130,6 +130,11 @@ class Message:
             time,
         )
         self.framed: dict[str, bytes] = {}
+
+    @property
+    def data(self) -> JSONValue:
+        """What was published (decoded from the JSON again: only the HTML stream needs it)."""
+        return json.loads(self.json)["data"]
 
     def frame(self, key: str, build: Callable[[Message], bytes]) -> bytes:
         """A transport's encoding of this message, built on first use."""
