@@ -198,6 +198,7 @@ class WebSocketStream(Stream):
         if new:
             self.app.authorize(self.handshake, "subscribe", new)
             self.app.check_room(new)
+            self.app.make_room(new)
             cursor = Cursor.parse(token)
             self.app.read(self.conn, new, cursor, lambda batch: self._add(new, cursor, batch), limit=None)
 
