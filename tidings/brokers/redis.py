@@ -255,6 +255,7 @@ class RedisBroker(Broker):
     def __init__(self, hub: Hub, url: str, prefix: str = DEFAULT_PREFIX) -> None:
         super().__init__(hub)
         hub.follows_bus = True  # clients may hold cursors from processes ahead of this one
+        hub.buffers_are_cache = True  # every buffered message is in Redis too
         self.store = RedisStore(url, prefix, hub.buffer_size, hub.ttl_ms / 1000)
         self.node = uuid.uuid4().hex[:16]
         self.subscribed = False
