@@ -232,8 +232,8 @@ class App:
     def make_room(self, channels: tuple[str, ...]) -> None:
         """507 when holding `channels` would take this process past --max-channels: checked as
         a stream or WebSocket arrives, and as a long-poll is about to wait (one answered at once
-        holds nothing). Subscribes that first wait on the bus (ZeroMQ) are checked as they
-        arrive, so those in flight together may take it a few past."""
+        holds nothing). A stream that first waits on the bus (ZeroMQ activation, Redis
+        history) is checked as it arrives: several in flight together may take it a few past."""
         try:
             self.hub.make_room(channels)
         except OverCapacity as exc:
