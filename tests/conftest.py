@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 READY = re.compile(r"listening on http://([\d.]+):(\d+)/")
 
@@ -214,3 +215,14 @@ def subscribers(client: httpx.Client, channel: str) -> int:
     count = client.get(f"/channels/{channel}").json()["subscribers"]
     assert isinstance(count, int)
     return count
+
+
+def scrape(srv: ServerProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """A server's /metrics: (name, labels) → value."""
+    answer = httpx.get(f"{srv.url}/metrics", timeout=10)
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain")
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(answer.text)
+        for sample in family.samples
+    }

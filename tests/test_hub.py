@@ -5,13 +5,17 @@ from __future__ import annotations
 import pytest
 
 from tidings.hub import (
+    FRAMING_OVERHEAD,
+    MESSAGE_OVERHEAD,
     NOW,
+    BuffersFull,
     Cursor,
     Hub,
     InvalidChannel,
     InvalidCursor,
     Message,
     MessageId,
+    TooManyChannels,
     cursor_token,
     parse_channels,
 )
@@ -332,3 +336,123 @@ def test_known_from_forgets_what_it_cannot_vouch_for() -> None:
     later = publish(hub, "c", "later", T0 + 12)
     assert later.id > MessageId(T0 + 10, 0)
     assert hub.read(["c"], Cursor.parse(f"{T0 + 10}-0"), T0 + 13).messages == [later]
+
+
+# -- memory caps: what the buffers hold, and what a hub at a cap takes
+
+
+def held(hub: Hub) -> int:
+    """What every buffered message holds, counted the slow way."""
+    return sum(m.cost for ch in hub.channels.values() for m in ch.ring or ())
+
+
+def test_a_message_costs_its_json_its_framings_and_bookkeeping() -> None:
+    hub = make_hub()
+    message = publish(hub, "c", {"nick": "ann", "message": "hi"}, T0 + 1)
+    assert message.cost == MESSAGE_OVERHEAD + len(message.json) == hub.buffered_bytes
+    framing = message.frame("sse", lambda m: b"data: %s\n\n" % m.json)
+    message.frame("sse", lambda m: b"built twice")  # built once: counted once
+    assert hub.buffered_bytes == MESSAGE_OVERHEAD + len(message.json) + FRAMING_OVERHEAD + len(framing)
+    assert message.data == {"nick": "ann", "message": "hi"}  # decoded again from the JSON
+
+
+def test_buffered_bytes_follow_appends_trims_and_expiry_exactly() -> None:
+    hub = make_hub(size=3, ttl=1.0)
+    sent = [publish(hub, "c", "x" * i, T0 + i) for i in range(1, 6)]
+    assert hub.buffered_bytes == held(hub) == sum(m.cost for m in sent[2:])  # trimmed to the newest 3
+    sent[0].frame("sse", lambda m: m.json)  # framed after it left the buffer: not counted
+    sent[4].frame("sse", lambda m: m.json)
+    assert hub.buffered_bytes == held(hub) == sum(m.cost for m in sent[2:])
+    hub.read(["c"], NOW, T0 + 1005)  # 3 and 4 are over a second old now
+    assert [m.data for m in hub.channels["c"].ring or ()] == ["xxxxx"]
+    assert hub.buffered_bytes == held(hub) == sent[4].cost
+    hub.sweep(T0 + 2000)
+    assert hub.channels == {} and hub.buffered_bytes == 0
+
+
+def test_delete_reclaim_and_forgetting_give_back_every_byte() -> None:
+    hub = make_hub(ttl=1.0)
+    for i in range(4):
+        publish(hub, "a", i, T0 + i)
+        publish(hub, "b", i, T0 + i)
+        publish(hub, "c", i, T0 + 500 + i)
+    hub.delete("a")
+    assert hub.buffered_bytes == held(hub) > 0
+    hub.known_from("c", MessageId(T0 + 600, 0))  # nothing before can be vouched for: dropped
+    after = Message(MessageId(T0 + 700, 0), "b", "after", T0 + 700, after_loss=True)
+    hub.ingest(after, T0 + 700)
+    assert hub.buffered_bytes == held(hub) == after.cost
+    old = [Message(MessageId(T0 + 600 + i, 0), "b", i, T0 + 600 + i) for i in range(3)]
+    hub.backfill("b", old, MessageId(T0 + 500, 0), T0 + 701)
+    assert hub.buffered_bytes == held(hub) == after.cost + sum(m.cost for m in old)
+    assert hub.sweep(T0 + 5000) == 2 and hub.buffered_bytes == 0
+
+
+def test_the_channel_cap_refuses_new_channels_not_the_ones_held() -> None:
+    hub = Hub(now_ms=T0, max_channels=2)
+    publish(hub, "a", 1, T0 + 1)
+    hub.wait(["b"], Recorder())
+    with pytest.raises(TooManyChannels):
+        hub.make_message("c", 1, T0 + 2)
+    with pytest.raises(TooManyChannels):
+        hub.make_room(["a", "c"])
+    hub.make_room(["a", "b"])
+    assert publish(hub, "a", 2, T0 + 3).data == 2 and publish(hub, "b", 3, T0 + 3).data == 3
+    hub.delete("a")
+    hub.make_room(["c"])
+    assert publish(hub, "c", 4, T0 + 4).data == 4
+
+
+def test_the_byte_cap_refuses_growth_not_a_message_taking_the_oldest_ones_place() -> None:
+    hub = make_hub(size=2, ttl=1.0)
+    one = publish(hub, "a", "x", T0).cost
+    hub.max_buffered_bytes = 3 * one
+    publish(hub, "a", "y", T0 + 1)
+    publish(hub, "b", "z", T0 + 2)
+    with pytest.raises(BuffersFull):
+        hub.make_message("b", "w", T0 + 3)  # "b" would grow
+    with pytest.raises(BuffersFull):
+        hub.make_message("c", "w", T0 + 3)
+    assert publish(hub, "a", "v", T0 + 3).data == "v"  # takes the place of the oldest of "a"
+    assert hub.buffered_bytes == 3 * one
+    hub.sweep(T0 + 1002)  # older messages expire
+    assert publish(hub, "c", "u", T0 + 1002).data == "u"
+
+
+def test_messages_from_the_bus_are_kept_only_as_far_as_they_fit() -> None:
+    hub = Hub(now_ms=T0, max_channels=1)
+    first = publish(hub, "a", "first", T0 + 1)
+    hub.max_buffered_bytes = 2 * first.cost
+    # A new channel beyond the cap: not held, but older cursors know they missed it.
+    elsewhere = Message(MessageId(T0 + 2, 0), "b", "elsewhere", T0 + 2)
+    assert hub.ingest(elsewhere, T0 + 2) == 0 and "b" not in hub.channels
+    assert hub.read(["b"], Cursor.parse(f"{T0 + 1}-0"), T0 + 3).gaps == ["b"]
+    assert hub.read(["b"], Cursor.parse(str(elsewhere.id)), T0 + 3).gaps == []
+    assert hub.next_id("b", T0 + 3) > elsewhere.id
+    # Past the byte cap: the channel drops its oldest for it, and itself if it is too big.
+    stream = Recorder()
+    hub.join(["a"], stream)
+    second = Message(MessageId(T0 + 4, 0), "a", "second", T0 + 4)
+    big = Message(MessageId(T0 + 5, 0), "a", "x" * 1000, T0 + 5)
+    assert hub.ingest(second, T0 + 4) == 1 and hub.ingest(big, T0 + 5) == 1
+    assert stream.woken == [second, big]  # delivered all the same
+    assert hub.channels["a"].ring is not None and list(hub.channels["a"].ring) == []
+    assert hub.buffered_bytes == 0 and hub.read(["a"], Cursor.parse(str(second.id)), T0 + 6).gaps == ["a"]
+    assert hub.read(["a"], Cursor.parse(str(big.id)), T0 + 6).gaps == []
+
+
+def test_a_cache_at_a_cap_gives_back_what_it_caches_on_sweep() -> None:
+    hub = Hub(now_ms=T0, max_channels=10, follows_bus=True)
+    hub.buffers_are_cache = True
+    for i in range(12):
+        hub.ingest(Message(MessageId(T0 + 1 + i, 0), f"c{i}", i, T0 + 1 + i), T0 + 20)
+    assert len(hub.channels) == 10  # c10 and c11 were not taken
+    hub.join(["c0"], Recorder())
+    hub.sweep(T0 + 20)
+    assert len(hub.channels) == 9 and "c0" in hub.channels  # down to 90%, subscribed channels kept
+    assert hub.read(["c1"], Cursor.parse(f"{T0}-0"), T0 + 21).incomplete == ["c1"]  # the broker fills it in
+    # Over the byte cap, subscribed channels drop their buffers too.
+    hub.max_buffered_bytes = hub.buffered_bytes - 1
+    hub.sweep(T0 + 21)
+    assert hub.buffered_bytes <= hub.max_buffered_bytes * 9 // 10
+    assert hub.buffered_bytes == held(hub)

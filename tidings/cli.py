@@ -44,6 +44,8 @@ _HELP = {
     "forwarded_allow_ips": "proxy addresses/networks whose X-Forwarded-For/-Proto are believed (comma-separated, or *)",
     "max_connections": "open connections at most (beyond: 503 and close; 0: no limit)",
     "max_subscribers_per_channel": "subscribers per channel at most, in this process (beyond: 403; 0: no limit)",
+    "max_channels": "channels held at most, in this process (a publish or subscribe creating more: 507; 0: no limit)",
+    "max_buffered_bytes": "bytes buffered messages may hold, in this process (a publish beyond: 507; 0: no limit)",
     "log_level": "debug, info, warning or error",
     "log_format": "text or json (one JSON object per line)",
     "access_log": "log one line per answered request",

@@ -32,6 +32,8 @@ class Settings:
     forwarded_allow_ips: str = ""  # reverse proxies whose X-Forwarded-For/-Proto are believed
     max_connections: int = 0  # 0: no limit but the process's file descriptors
     max_subscribers_per_channel: int = 0  # 0: no limit
+    max_channels: int = 100_000  # channels held at most (~1 KB each); 0: no limit
+    max_buffered_bytes: int = 64 << 20  # bytes buffered messages may hold; 0: no limit
     log_level: str = "info"
     log_format: str = "text"  # text or json (one JSON object per line)
     access_log: bool = False  # one line per answered request

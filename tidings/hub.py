@@ -28,6 +28,11 @@ CHANNEL_NAME = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
 MAX_CHANNELS_PER_REQUEST: Final = 32
 DEFAULT_BATCH: Final = 100
 TOMBSTONE_LIMIT: Final = 100_000
+# What a buffered message holds besides the bytes of its JSON and framings: the object, its id,
+# its framing cache and its place in the ring, and per framing (measured with tracemalloc,
+# within 10%; see `Message.cost`).
+MESSAGE_OVERHEAD: Final = 400
+FRAMING_OVERHEAD: Final = 64
 
 
 class TidingsError(ValueError):
@@ -46,6 +51,25 @@ class InvalidChannel(TidingsError):
 
 class InvalidCursor(TidingsError):
     code = "invalid_cursor"
+
+
+class OverCapacity(Exception):
+    """Storing more would take this process past one of its memory caps (`Hub.max_channels`,
+    `Hub.max_buffered_bytes`); `code` names the cap."""
+
+    code = "over_capacity"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class TooManyChannels(OverCapacity):
+    code = "too_many_channels"
+
+
+class BuffersFull(OverCapacity):
+    code = "buffers_full"
 
 
 def validate_channel(name: str) -> str:
@@ -103,21 +127,21 @@ def encode_json(value: JSONValue) -> bytes:
 class Message:
     """One published message. Its JSON form is encoded once and shared by every subscriber;
     transports cache their own framings of it in `framed`. `channel` must already be a
-    valid channel name (see `validate_channel`).
+    valid channel name (see `validate_channel`). Only the JSON is kept, not `data` as
+    published: a parsed body can take twenty times its JSON's size (`[[],[],...]`).
 
     A `live` message (one published on the bus without going through a broker's history,
     e.g. a plain Redis PUBLISH) is delivered to current subscribers only: it is not
     buffered, has no id of its own (`"id": null`) and carries the channel's last id as
     `id`, so that cursors neither move nor break because of it."""
 
-    __slots__ = ("after_loss", "channel", "data", "framed", "id", "json", "live", "time")
+    __slots__ = ("after_loss", "channel", "cost", "framed", "id", "json", "live", "tally", "time")
 
     def __init__(
         self, id: MessageId, channel: str, data: JSONValue, time: int, live: bool = False, after_loss: bool = False
     ) -> None:
         self.id = id
         self.channel = channel
-        self.data = data
         self.time = time
         self.live = live
         # The bus lost messages just before this one (see `Hub.ingest`).
@@ -130,16 +154,39 @@ class Message:
             time,
         )
         self.framed: dict[str, bytes] = {}
+        # The bytes this message holds (its framings included as they are built), and, while
+        # it is buffered, the total of its hub's buffers, which they count towards.
+        self.cost = MESSAGE_OVERHEAD + len(self.json)
+        self.tally: Tally | None = None
+
+    @property
+    def data(self) -> JSONValue:
+        """What was published (decoded from the JSON again: only the HTML stream needs it)."""
+        return json.loads(self.json)["data"]
 
     def frame(self, key: str, build: Callable[[Message], bytes]) -> bytes:
         """A transport's encoding of this message, built on first use."""
         encoded = self.framed.get(key)
         if encoded is None:
             encoded = self.framed[key] = build(self)
+            cost = FRAMING_OVERHEAD + len(encoded)
+            self.cost += cost
+            if self.tally is not None:
+                self.tally.bytes += cost
         return encoded
 
     def __repr__(self) -> str:
         return f"Message({self.id}, {self.channel!r}, {self.data!r})"
+
+
+class Tally:
+    """The bytes held by every buffered message of one hub (see `Message.cost`), kept up to
+    date wherever a buffer changes, so that reading it (a publish, /metrics) costs nothing."""
+
+    __slots__ = ("bytes",)
+
+    def __init__(self) -> None:
+        self.bytes = 0
 
 
 OLDEST: Final = "oldest"
@@ -228,16 +275,18 @@ class StreamSubscriber(Protocol):
 
 class Channel:
     """One channel's buffer and subscribers. The ring and the stream set are created on
-    first use: an idle channel with one long-poll waiter then costs ~0.5 KB, not ~1.5 KB."""
+    first use: an idle channel with one long-poll waiter then costs ~0.5 KB, not ~1.5 KB.
+    Every message in the ring counts towards `tally` (its hub's total)."""
 
-    __slots__ = ("horizon", "last_id", "name", "ring", "streams", "waiters")
+    __slots__ = ("horizon", "last_id", "name", "ring", "streams", "tally", "waiters")
 
-    def __init__(self, name: str, known_from: MessageId) -> None:
+    def __init__(self, name: str, known_from: MessageId, tally: Tally) -> None:
         self.name = name
         self.ring: deque[Message] | None = None
         self.last_id = known_from  # the newest id issued on this channel
         # Every message with an id above the horizon is still in the ring.
         self.horizon = known_from
+        self.tally = tally
         self.waiters: set[Waiter] = set()
         self.streams: set[StreamSubscriber] | None = None
 
@@ -249,10 +298,24 @@ class Channel:
     def buffered(self) -> int:
         return len(self.ring) if self.ring else 0
 
+    def _drop_oldest(self, ring: deque[Message]) -> None:
+        message = ring.popleft()
+        self.horizon = message.id
+        message.tally = None
+        self.tally.bytes -= message.cost
+
+    def clear(self) -> None:
+        """Drop every buffered message."""
+        ring = self.ring
+        if ring:
+            for message in ring:
+                message.tally = None
+                self.tally.bytes -= message.cost
+            ring.clear()
+
     def vouch_from(self, ident: MessageId) -> None:
         """Nothing up to `ident` can be vouched for: drop the buffer, so every older cursor is a gap."""
-        if self.ring:
-            self.ring.clear()
+        self.clear()
         self.horizon = ident
 
     def expire(self, now_ms: int, ttl_ms: int) -> None:
@@ -261,16 +324,38 @@ class Channel:
             return
         cutoff = now_ms - ttl_ms
         while ring and ring[0].time < cutoff:
-            self.horizon = ring.popleft().id
+            self._drop_oldest(ring)
 
     def append(self, message: Message, size: int) -> None:
         ring = self.ring
         if ring is None:
             ring = self.ring = deque()
         ring.append(message)
+        message.tally = self.tally
+        self.tally.bytes += message.cost
         self.last_id = message.id
         while len(ring) > size:
-            self.horizon = ring.popleft().id
+            self._drop_oldest(ring)
+
+    def prepend(self, older: Sequence[Message], horizon: MessageId, size: int) -> None:
+        """Put `older` (oldest first, all older than the ring) back in front of the ring: every
+        message above `horizon` is then buffered, up to the newest `size`."""
+        ring = self.ring
+        if ring is None:
+            ring = self.ring = deque()
+        for message in older:
+            message.tally = self.tally
+            self.tally.bytes += message.cost
+        ring.extendleft(reversed(older))
+        self.horizon = horizon
+        while len(ring) > size:
+            self._drop_oldest(ring)
+
+    def shed(self, limit: int) -> None:
+        """Drop the oldest messages while the hub's buffers hold more than `limit` bytes."""
+        ring = self.ring
+        while ring and self.tally.bytes > limit:
+            self._drop_oldest(ring)
 
     def after(self, position: MessageId) -> list[Message]:
         """Buffered messages with an id above `position`, oldest first."""
@@ -318,19 +403,38 @@ class Hub:
     may hold a cursor ahead of this hub's last id (it saw a message elsewhere that has not
     arrived here yet). Reads then continue from such a cursor, and subscribers decline the
     messages up to it when they arrive. Without a bus, a cursor ahead is a clock that went
-    back across a restart, and reads continue from the hub's last id instead."""
+    back across a restart, and reads continue from the hub's last id instead.
+
+    Memory caps (0: none): at most `max_channels` channels, and buffered messages holding at
+    most `max_buffered_bytes` (see `Message.cost`). A publish here that would go past either
+    is refused (`make_message` raises `OverCapacity`); a message from the bus is not refused
+    but kept only as far as it fits (see `ingest`). `buffers_are_cache`: the broker keeps
+    every buffered message too (Redis), so over a cap the sweep drops buffers instead."""
 
     def __init__(
-        self, *, buffer_size: int = 100, buffer_ttl: float = 3600.0, now_ms: int, follows_bus: bool = False
+        self,
+        *,
+        buffer_size: int = 100,
+        buffer_ttl: float = 3600.0,
+        now_ms: int,
+        follows_bus: bool = False,
+        max_channels: int = 0,
+        max_buffered_bytes: int = 0,
     ) -> None:
         if buffer_size < 1:
             raise ValueError("buffer_size must be at least 1")
         if buffer_ttl <= 0:
             raise ValueError("buffer_ttl must be positive")
+        if max_channels < 0 or max_buffered_bytes < 0:
+            raise ValueError("max_channels and max_buffered_bytes must be positive (or 0: no limit)")
         self.buffer_size = buffer_size
         self.ttl_ms = int(buffer_ttl * 1000)
         self.follows_bus = follows_bus
+        self.buffers_are_cache = False
+        self.max_channels = max_channels
+        self.max_buffered_bytes = max_buffered_bytes
         self.channels: dict[str, Channel] = {}
+        self.tally = Tally()
         self.messages_ingested = 0  # for metrics: messages taken in, and deliveries made of them
         self.deliveries = 0
         # What this hub knows nothing before: its start. A cursor older than that on a
@@ -340,25 +444,46 @@ class Hub:
         # above it and a cursor at it is known to have missed nothing.
         self.tombstones: dict[str, MessageId] = {}
 
+    @property
+    def buffered_bytes(self) -> int:
+        return self.tally.bytes
+
     # -- channels
 
     def get(self, name: str) -> Channel | None:
         return self.channels.get(name)
 
     def channel(self, name: str) -> Channel:
+        """The channel `name`, created if need be (callers check the cap first: `make_room`)."""
         ch = self.channels.get(name)
         if ch is None:
-            ch = self.channels[name] = Channel(name, self.tombstones.pop(name, self.floor))
+            ch = self.channels[name] = Channel(name, self.tombstones.pop(name, self.floor), self.tally)
         return ch
+
+    def make_room(self, names: Iterable[str]) -> None:
+        """Raises TooManyChannels when holding every one of `names` would take this hub past
+        `max_channels` (the channels it holds already keep working)."""
+        limit = self.max_channels
+        if limit:
+            new = sum(1 for name in names if name not in self.channels)
+            if new and len(self.channels) + new > limit:
+                raise TooManyChannels(f"this server holds at most {limit} channels")
+
+    def _remember(self, name: str, last_id: MessageId) -> None:
+        """Keep a channel this hub does not hold any more (or did not take) as its last id."""
+        if last_id <= self.floor:
+            return
+        self.tombstones.pop(name, None)
+        self.tombstones[name] = last_id
+        while len(self.tombstones) > TOMBSTONE_LIMIT:
+            # Forget the oldest; raising the floor keeps cursors honest (a gap at worst).
+            oldest = next(iter(self.tombstones))
+            self.floor = max(self.floor, self.tombstones.pop(oldest))
 
     def _reclaim(self, ch: Channel) -> None:
         del self.channels[ch.name]
-        if ch.last_id > self.floor:
-            self.tombstones[ch.name] = ch.last_id
-            if len(self.tombstones) > TOMBSTONE_LIMIT:
-                # Forget the oldest; raising the floor keeps cursors honest (a gap at worst).
-                oldest = next(iter(self.tombstones))
-                self.floor = max(self.floor, self.tombstones.pop(oldest))
+        ch.clear()
+        self._remember(ch.name, ch.last_id)
 
     def info(self, name: str, now_ms: int) -> ChannelInfo:
         ch = self.channels.get(name)
@@ -370,16 +495,50 @@ class Hub:
 
     # -- publishing
 
+    def next_id(self, name: str, now_ms: int) -> MessageId:
+        """The id the next message of channel `name` gets at `now_ms`."""
+        ch = self.channels.get(name)
+        last = ch.last_id if ch is not None else self.tombstones.get(name, self.floor)
+        return last.next(now_ms)
+
     def make_message(self, name: str, data: JSONValue, now_ms: int) -> Message:
-        """A new message with the next id of channel `name` (for brokers that let the hub
-        assign ids). It is not stored or delivered until `ingest`."""
-        ch = self.channel(name)
-        return Message(ch.last_id.next(now_ms), name, data, now_ms)
+        """A new message with the next id of channel `name`, published in this process (for
+        brokers that let the hub assign ids). It is not stored or delivered until `ingest`.
+        Raises OverCapacity when storing it would take this hub past a cap."""
+        ch = self.channels.get(name)
+        if ch is None:
+            self.make_room((name,))
+        message = Message(self.next_id(name, now_ms), name, data, now_ms)
+        limit = self.max_buffered_bytes
+        if limit:
+            growth = message.cost
+            if ch is not None:
+                ch.expire(now_ms, self.ttl_ms)
+                ring = ch.ring
+                if ring and len(ring) >= self.buffer_size:
+                    growth -= ring[0].cost  # the oldest makes way for it
+            if growth > 0 and self.tally.bytes + growth > limit:
+                raise BuffersFull(f"this server buffers at most {limit} bytes of messages")
+        return message
 
     def ingest(self, message: Message, now_ms: int) -> int:
         """Store `message` and hand it to every subscriber of its channel. Returns how many
-        subscribers it reached. A message not newer than the channel's last id is dropped."""
-        ch = self.channel(message.channel)
+        subscribers it reached. A message not newer than the channel's last id is dropped.
+
+        A message from the bus is never refused (a publish here was checked by
+        `make_message`): on a new channel beyond `max_channels` it is not kept (nobody here
+        subscribes to it; its id is remembered, so older cursors are gaps, or are read from
+        the broker's history), and where it would take the buffers past
+        `max_buffered_bytes` its channel drops its oldest messages, this one last, instead."""
+        name = message.channel
+        ch = self.channels.get(name)
+        if ch is None and (message.live or (self.max_channels and len(self.channels) >= self.max_channels)):
+            if not message.live and message.id > self.tombstones.get(name, self.floor):
+                self._remember(name, message.id)
+            self.messages_ingested += 1
+            return 0
+        if ch is None:
+            ch = self.channel(name)
         if message.live:
             message.id = ch.last_id
         elif message.id <= ch.last_id:
@@ -388,7 +547,11 @@ class Hub:
             ch.expire(now_ms, self.ttl_ms)
             if message.after_loss:
                 ch.vouch_from(message.id)  # the bus lost what came before it
+            before = self.tally.bytes
             ch.append(message, self.buffer_size)
+            limit = self.max_buffered_bytes
+            if limit and self.tally.bytes > limit and self.tally.bytes > before:
+                ch.shed(max(limit, before))
         reached = 0
         waiters = ch.waiters
         if waiters:
@@ -412,8 +575,8 @@ class Hub:
         ch = self.channels.pop(name, None)
         if ch is None:
             return None
-        if ch.last_id > self.floor:
-            self.tombstones[name] = ch.last_id
+        ch.clear()
+        self._remember(name, ch.last_id)
         reached = ch.subscribers
         waiters, streams = ch.waiters, ch.streams or set()
         ch.waiters, ch.streams = set(), None
@@ -430,14 +593,9 @@ class Hub:
         hub lacks go back into the buffer, so that reads reach back to `complete_after`."""
         ch = self.channel(name)
         if complete_after < ch.horizon:
+            # (Past `max_buffered_bytes` too: the read waiting for it is answered from the ring.)
             older = [m for m in history if complete_after < m.id <= ch.horizon]
-            ring = ch.ring
-            if ring is None:
-                ring = ch.ring = deque()
-            ring.extendleft(reversed(older))
-            ch.horizon = complete_after
-            while len(ring) > self.buffer_size:
-                ch.horizon = ring.popleft().id
+            ch.prepend(older, complete_after, self.buffer_size)
         for message in history:
             if message.id > ch.last_id:
                 self.ingest(message, now_ms)
@@ -539,7 +697,8 @@ class Hub:
 
     def sweep(self, now_ms: int) -> int:
         """Expire old messages and reclaim channels left with no messages and no
-        subscribers. Returns how many channels were reclaimed."""
+        subscribers; a cache over a cap gives back what it holds (see `_shed_cache`).
+        Returns how many channels were reclaimed."""
         idle = []
         ttl_ms = self.ttl_ms
         for ch in self.channels.values():
@@ -548,7 +707,32 @@ class Hub:
                 idle.append(ch)
         for ch in idle:
             self._reclaim(ch)
+        if self.buffers_are_cache:
+            return len(idle) + self._shed_cache()
         return len(idle)
+
+    def _shed_cache(self) -> int:
+        """At a cap, buffers that only cache the broker's history go, oldest channels first,
+        until 90% of the caps are left: a channel nobody here subscribes to is reclaimed, the
+        others drop their buffers while the bytes are over. Their readers read the broker's
+        history instead. Returns how many channels were reclaimed."""
+        max_channels, max_bytes = self.max_channels, self.max_buffered_bytes
+        if not (max_channels and len(self.channels) >= max_channels) and not (
+            max_bytes and self.tally.bytes > max_bytes
+        ):
+            return 0
+        reclaimed = 0
+        for ch in list(self.channels.values()):
+            too_many = max_channels and len(self.channels) > max_channels * 9 // 10
+            too_big = max_bytes and self.tally.bytes > max_bytes * 9 // 10
+            if not (too_many or too_big):
+                break
+            if not ch.subscribers:
+                self._reclaim(ch)
+                reclaimed += 1
+            elif too_big:
+                ch.vouch_from(ch.last_id)
+        return reclaimed
 
 
 def _message_order(message: Message) -> MessageId:

@@ -28,7 +28,13 @@ def raise_fd_limit() -> None:
 
 async def serve(settings: Settings, on_ready: Callable[[str, int], None] | None = None) -> None:
     loop = asyncio.get_running_loop()
-    hub = Hub(buffer_size=settings.buffer_size, buffer_ttl=settings.buffer_ttl, now_ms=wall_clock_ms())
+    hub = Hub(
+        buffer_size=settings.buffer_size,
+        buffer_ttl=settings.buffer_ttl,
+        now_ms=wall_clock_ms(),
+        max_channels=settings.max_channels,
+        max_buffered_bytes=settings.max_buffered_bytes,
+    )
     broker = create_broker(settings, hub)
     app = App(settings, hub, broker, loop)  # first: a bad setting fails before the broker connects
     await broker.start()

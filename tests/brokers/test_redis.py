@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import httpx
 import pytest
-from conftest import RedisProcess, ServerProcess, wait_until
+from conftest import RedisProcess, ServerProcess, scrape, wait_until
 from rawhttp import Connection, read_events, request
 
 Cluster = Callable[..., list[ServerProcess]]
@@ -407,3 +407,39 @@ def test_cli_publish_refuses_an_empty_redis_prefix(redis_server: RedisProcess) -
     )  # fmt: skip
     assert done.returncode == 1 and done.stderr.startswith("tidings: --redis-prefix must not be empty"), done.stderr
     assert done.stderr.strip().count("\n") == 0 and redis_server.cli("KEYS", "epoch") == ""
+
+
+def test_a_node_at_its_memory_caps_caches_less_and_refuses_no_publish(cluster: Cluster, channel: str) -> None:
+    # Redis keeps the history: the node's buffers are a cache, and at a cap it drops instead of refusing.
+    (node,) = cluster(1, "--max-channels", "4", "--max-buffered-bytes", "4000")
+    names = [f"{channel}-{i}" for i in range(10)]
+    first: dict[str, str] = {}
+    for i, name in enumerate(names):
+        for j in range(3):
+            answer = publish(node, name, f"{i}-{j}-" + "x" * 300)
+            assert answer.status_code == 202, answer.text
+            first.setdefault(name, answer.json()["id"])
+
+    def metric(name: str) -> float:
+        return scrape(node)[(name, ())]
+
+    wait_until(lambda: metric("tidings_messages_total") == 30, 10, "every message back from Redis")
+    assert metric("tidings_channels") <= 4 and metric("tidings_buffered_bytes") <= 4000
+    # Every channel's history is whole, from the cache or from Redis.
+    for i, name in enumerate(names):
+        body = poll(node, name, first[name])
+        assert [str(m["data"])[:4] for m in body["messages"]] == [f"{i}-1-", f"{i}-2-"]  # type: ignore[index]
+        assert body["gap"] is False
+    # The sweep gives back what the reads cached past the caps; a new subscriber gets in.
+    wait_until(lambda: metric("tidings_channels") <= 3, 10, "the cache shed to 90% of the cap")
+    assert metric("tidings_buffered_bytes") <= 4000
+
+    async def scenario() -> None:
+        sse = await Connection.open(node.host, node.port)
+        head = await sse.start_stream(f"/sse/{channel}-new")
+        assert head.status == 200
+        await asyncio.to_thread(publish, node, f"{channel}-new", "hello")
+        await read_events(sse, "hello")
+        sse.close()
+
+    asyncio.run(scenario())

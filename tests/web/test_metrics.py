@@ -6,19 +6,8 @@ import asyncio
 from collections.abc import Callable
 
 import httpx
-from conftest import ServerProcess, wait_until
-from prometheus_client.parser import text_string_to_metric_families
+from conftest import ServerProcess, scrape, wait_until
 from rawhttp import Connection
-
-
-def scrape(srv: ServerProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    answer = httpx.get(f"{srv.url}/metrics", timeout=10)
-    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain")
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(answer.text)
-        for sample in family.samples
-    }
 
 
 def test_metrics_count_connections_subscribers_publishes_and_gaps(

@@ -222,8 +222,7 @@ class ZmqBroker(Broker):
             return
         self.received += 1
         now = wall_clock_ms()
-        ch = self.hub.channel(channel)
-        self.hub.ingest(Message(ch.last_id.next(now), channel, data, now, after_loss=after_loss), now)
+        self.hub.ingest(Message(self.hub.next_id(channel, now), channel, data, now, after_loss=after_loss), now)
 
 
 __all__ = ["ZmqBroker", "parse_url"]

@@ -11,7 +11,16 @@ from typing import Any, TypeVar
 from tidings.auth import Auth
 from tidings.brokers import Broker, BrokerUnavailable
 from tidings.config import Settings
-from tidings.hub import DEFAULT_BATCH, Batch, Cursor, Hub, TidingsError, parse_channels, wall_clock_ms
+from tidings.hub import (
+    DEFAULT_BATCH,
+    Batch,
+    Cursor,
+    Hub,
+    OverCapacity,
+    TidingsError,
+    parse_channels,
+    wall_clock_ms,
+)
 from tidings.web import info, longpoll, metrics, openapi, publish, sse, static, stream, websocket
 from tidings.web.batch import TurnBatcher
 from tidings.web.forwarded import ForwardedHeaders
@@ -22,6 +31,10 @@ from tidings.web.wheel import TimeoutWheel
 
 log = logging.getLogger("tidings")
 T = TypeVar("T")
+# A memory cap of this process reached (`OverCapacity`): not 503, the server is available (what
+# exists keeps working) and no honest Retry-After can be given; storage for this request is what
+# is missing.
+INSUFFICIENT_STORAGE = 507
 
 
 class App:
@@ -115,6 +128,9 @@ class App:
             result = call()
         except BrokerUnavailable as exc:
             fail(503, "broker_unavailable", str(exc))
+            return
+        except OverCapacity as exc:
+            fail(INSUFFICIENT_STORAGE, exc.code, exc.detail)
             return
         if isinstance(result, Awaitable):
             self.spawn(self._answer_later(result, answer, fail))
@@ -225,6 +241,16 @@ class App:
                 if ch is not None and ch.subscribers >= limit:
                     raise HttpError(403, "too_many_subscribers", f"channel {name} has {limit} subscribers already")
 
+    def make_room(self, channels: tuple[str, ...]) -> None:
+        """507 when holding `channels` would take this process past --max-channels: checked as
+        a stream or WebSocket arrives, and as a long-poll is about to wait (one answered at once
+        holds nothing). A stream that first waits on the bus (ZeroMQ activation, Redis
+        history) is checked as it arrives: several in flight together may take it a few past."""
+        try:
+            self.hub.make_room(channels)
+        except OverCapacity as exc:
+            raise HttpError(INSUFFICIENT_STORAGE, exc.code, exc.detail) from None
+
     def _route(self, request: Request, conn: HttpConnection) -> None:
         method = request.method
         head, _, rest = request.path[1:].partition("/")
@@ -234,6 +260,7 @@ class App:
             self.authorize(request, "subscribe", channels)
             self.check_room(channels)
             if "text/event-stream" in request.header(b"accept"):
+                self.make_room(channels)
                 sse.subscribe(self, request, conn, channels)
             else:
                 longpoll.subscribe(self, request, conn, channels)
@@ -252,6 +279,7 @@ class App:
                 self.check_origin(request)
             self.authorize(request, "subscribe", channels)
             self.check_room(channels)
+            self.make_room(channels)
             _STREAMS[head](self, request, conn, channels)
         elif head == "channels" and rest:
             _allow(method, "GET", "HEAD")

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from tidings.hub import Batch, Message, MessageId, cursor_token
 from tidings.web import params
-from tidings.web.http import HttpConnection, Request, error_body, response_bytes
+from tidings.web.http import HttpConnection, HttpError, Request, error_body, response_bytes
 
 if TYPE_CHECKING:
     from tidings.web.app import App
@@ -114,6 +114,11 @@ def subscribe(app: App, request: Request, conn: HttpConnection, channels: tuple[
             app.stats.gaps_served += 1
         if batch.messages or batch.gaps or timeout == 0 or conn.stopping:
             answer(conn, channels, batch.messages, batch.positions, bool(batch.gaps))
+            return
+        try:
+            app.make_room(channels)
+        except HttpError as exc:
+            conn.respond_error(exc)
             return
         waiter = LongPoll(app, conn, channels, batch.positions, timeout)
         app.hub.wait(channels, waiter)

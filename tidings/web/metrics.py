@@ -45,13 +45,28 @@ class TidingsCollector(Collector):
         yield connections
         yield GaugeMetricFamily("tidings_channels", "Channels held in this process", value=len(hub.channels))
         yield GaugeMetricFamily(
+            "tidings_channels_limit", "Channels this process may hold (--max-channels; 0: none)", value=hub.max_channels
+        )
+        yield GaugeMetricFamily(
+            "tidings_buffered_bytes",
+            "Bytes held by the messages buffered in this process (JSON, framings, bookkeeping)",
+            value=hub.buffered_bytes,
+        )
+        yield GaugeMetricFamily(
+            "tidings_buffered_bytes_limit",
+            "Bytes buffered messages may hold in this process (--max-buffered-bytes; 0: none)",
+            value=hub.max_buffered_bytes,
+        )
+        yield GaugeMetricFamily(
             "tidings_subscribers",
             "Subscribers in this process",
             value=sum(ch.subscribers for ch in hub.channels.values()),
         )
         yield CounterMetricFamily("tidings_publishes", "Publishes accepted by this process", value=app.stats.publishes)
         yield CounterMetricFamily(
-            "tidings_publish_errors", "Publishes refused by the broker (503)", value=app.stats.publish_errors
+            "tidings_publish_errors",
+            "Publishes refused: broker unreachable (503) or a memory cap reached (507)",
+            value=app.stats.publish_errors,
         )
         yield CounterMetricFamily("tidings_messages", "Messages taken in from the bus", value=hub.messages_ingested)
         yield CounterMetricFamily("tidings_deliveries", "Messages handed to subscribers", value=hub.deliveries)

@@ -193,6 +193,7 @@ class WebSocketStream(Stream):
         if new:
             self.app.authorize(self.handshake, "subscribe", new)
             self.app.check_room(new)
+            self.app.make_room(new)
             self.app.read(self.conn, new, Cursor.parse(token), lambda batch: self._add(new, batch), limit=None)
 
     def _add(self, channels: tuple[str, ...], batch: Batch) -> None:
