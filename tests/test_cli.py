@@ -188,3 +188,13 @@ def test_bad_settings_from_the_environment_are_usage_errors_not_tracebacks() -> 
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert "argument --port: invalid int value: 'eighty'" in done.stderr
     assert_one_line(serve("--port", "0", "--log-level", "loud"), "--log-level is debug, info, warning or error")
+
+
+def test_serve_help_shows_every_default_readably() -> None:
+    done = subprocess.run([*TIDINGS, "serve", "--help"], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())  # argparse wraps lines at the terminal's width
+    assert "(default ;" not in text and "(default: ;" not in text
+    assert "(default: none; env TIDINGS_AUTH_SECRET)" in text
+    assert "(default: 8080; env TIDINGS_PORT)" in text
+    assert "--access-log log one line per answered request (default: off; on with TIDINGS_ACCESS_LOG=1)" in text

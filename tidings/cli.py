@@ -60,9 +60,10 @@ def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
                 dest=f.name,
                 action="store_true",
                 default=default is not None and default.lower() in ("1", "true", "yes", "on"),
-                help=f"{_HELP.get(f.name, '')} (env {env}=1)",
+                help=f"{_HELP.get(f.name, '')} (default: off; on with {env}=1)",
             )
             continue
+        shown = str(f.default).replace("%", "%%") if f.default != "" else "none"  # argparse %-formats help
         parser.add_argument(
             "--" + f.name.replace("_", "-"),
             dest=f.name,
@@ -71,7 +72,7 @@ def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
             # is a usage error naming the flag, not a traceback.
             default=default if default is not None else f.default,
             metavar=f.name.upper(),
-            help=f"{_HELP.get(f.name, '')} (default {f.default}; env {env})",
+            help=f"{_HELP.get(f.name, '')} (default: {shown}; env {env})",
         )
 
 
