@@ -7,9 +7,13 @@ import random
 import re
 import time
 from collections.abc import Callable
+from email.utils import parsedate_to_datetime
 
-from conftest import ServerProcess
+import httpx
+from conftest import ServerProcess, subscribers, wait_until
 from rawhttp import Connection, request
+from websockets.asyncio.client import connect
+from websockets.datastructures import Headers
 
 
 async def raw_exchange(srv: ServerProcess, data: bytes, timeout: float = 5) -> bytes:
@@ -191,3 +195,41 @@ def test_subscriber_counts_stay_exact_through_churn(server: ServerProcess, chann
         await settle(channel + "x", 0)
 
     asyncio.run(scenario())
+
+
+IMF_FIXDATE = re.compile(
+    r"(Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d\d (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) \d{4} \d\d:\d\d:\d\d GMT"
+)
+
+
+def assert_current_date(headers: dict[str, str] | Headers, started: float) -> None:
+    """A Date header in RFC 9110's preferred format, naming a second of this test."""
+    date = headers.get("date", "")
+    assert IMF_FIXDATE.fullmatch(date), f"Date: {date!r}"
+    assert int(started) <= parsedate_to_datetime(date).timestamp() <= time.time()
+
+
+def test_every_answer_carries_the_date(server: ServerProcess, channel: str) -> None:
+    async def scenario() -> None:
+        started = time.time()
+        assert_current_date((await request(server.host, server.port, "GET", "/healthz")).headers, started)
+        assert_current_date((await request(server.host, server.port, "GET", "/nowhere")).headers, started)
+        held = await Connection.open(server.host, server.port)
+        held.send("GET", f"/sub/{channel}")  # answered from bytes shared by every waiting poll
+        await asyncio.to_thread(wait_until, lambda: subscribers_of(server, channel) == 1, 5, "the poll to wait")
+        await request(server.host, server.port, "POST", f"/pub/{channel}", b"hi")
+        assert_current_date((await held.response()).headers, started)
+        stream = await Connection.open(server.host, server.port)
+        assert_current_date((await stream.start_stream(f"/sse/{channel}")).headers, started)
+        async with connect(f"ws://{server.host}:{server.port}/ws/{channel}") as ws:
+            assert ws.response is not None
+            assert_current_date(ws.response.headers, started)
+        for conn in (held, stream):
+            conn.close()
+
+    asyncio.run(scenario())
+
+
+def subscribers_of(srv: ServerProcess, channel: str) -> int:
+    with httpx.Client(base_url=srv.url, timeout=10) as client:
+        return subscribers(client, channel)
