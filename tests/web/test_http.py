@@ -233,3 +233,33 @@ def test_every_answer_carries_the_date(server: ServerProcess, channel: str) -> N
 def subscribers_of(srv: ServerProcess, channel: str) -> int:
     with httpx.Client(base_url=srv.url, timeout=10) as client:
         return subscribers(client, channel)
+
+
+def split_response(data: bytes) -> tuple[dict[str, str], bytes]:
+    """The first response's headers (lower-case names), and every byte after its head."""
+    head, _, rest = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}
+    return {"status": lines[0].split()[1], **headers}, rest
+
+
+def test_head_is_get_without_its_body_where_the_answer_is_immediate(server: ServerProcess, channel: str) -> None:
+    httpx.post(f"{server.url}/pub/{channel}", content="x", timeout=10)
+    for path in ("/metrics", f"/channels/{channel}", "/", "/static/tidings.js", "/healthz", "/openapi.json"):
+        # HEAD, then GET on the same connection: the GET's answer must follow the HEAD's head at once.
+        pipelined = (
+            f"HEAD {path} HTTP/1.1\r\nHost: x\r\n\r\nGET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        head, rest = split_response(asyncio.run(raw_exchange(server, pipelined.encode())))
+        assert head["status"] == "200" and rest.startswith(b"HTTP/1.1 200 "), (path, head, rest[:100])
+        get, body = split_response(rest)
+        assert head["content-type"] == get["content-type"], path
+        assert head["content-length"] == get["content-length"] == str(len(body)), path
+
+
+def test_head_of_a_subscription_is_405_naming_get(server: ServerProcess, channel: str) -> None:
+    # A poll that waits or a stream that never ends has no headers to give on their own.
+    for path in (f"/sub/{channel}", f"/sse/{channel}", f"/stream/{channel}", f"/ws/{channel}"):
+        sent = f"HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+        head, rest = split_response(asyncio.run(raw_exchange(server, sent)))
+        assert head["status"] == "405" and head["allow"] == "GET" and rest == b"", (path, head, rest)

@@ -214,6 +214,9 @@ class App:
                     raise HttpError(403, "too_many_subscribers", f"channel {name} has {limit} subscribers already")
 
     def _route(self, request: Request, conn: HttpConnection) -> None:
+        # HEAD is answered like GET without the body (`HttpConnection.respond`) wherever the
+        # answer is immediate; subscriptions refuse it (405): an answer that waits for a message
+        # or never ends has no headers worth asking for on their own.
         method = request.method
         head, _, rest = request.path[1:].partition("/")
         if head == "sub" and rest:
@@ -243,7 +246,7 @@ class App:
             self.authorize(request, "subscribe", [rest])
             info.channel(self, conn, rest)
         elif request.path == "/metrics":
-            _allow(method, "GET")
+            _allow(method, "GET", "HEAD")
             metrics.serve(self, conn)
         elif request.path == "/openapi.json":
             _allow(method, "GET", "HEAD")
