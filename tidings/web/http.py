@@ -164,8 +164,9 @@ def response_bytes(
     )
 
 
-def error_body(error: str, detail: object) -> bytes:
-    return json.dumps({"error": error, "detail": detail}).encode()
+def error_body(error: str, detail: str, **fields: str) -> bytes:
+    """Every error answer: a code, a sentence for people, and any fields a client acts on."""
+    return json.dumps({"error": error, "detail": detail, **fields}).encode()
 
 
 def chunk(data: bytes) -> bytes:

@@ -87,7 +87,7 @@ class LongPoll:
 
     def channel_closed(self, channel: str) -> None:
         self._leave()
-        self.conn.respond(410, error_body("channel_deleted", {"channel": channel}))
+        self.conn.respond(410, error_body("channel_deleted", f"channel {channel} was deleted", channel=channel))
 
     def _answer_empty(self) -> None:
         self._leave()
