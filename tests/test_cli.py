@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shutil
 import socket
 import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
+import pytest
 from conftest import ServerProcess, subscribers, wait_until
 
 TIDINGS = [sys.executable, "-m", "tidings"]
@@ -127,3 +130,71 @@ def test_subscribe_prints_messages_and_keeps_its_cursor_across_a_restart(
     finally:
         proc.kill()
         proc.wait(10)
+
+
+def serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`tidings serve` expected to fail at start (a bounded wait: it must not start serving)."""
+    return subprocess.run(
+        [*TIDINGS, "serve", *args], capture_output=True, text=True, timeout=30, env={**os.environ, **(env or {})}
+    )
+
+
+def assert_one_line(done: subprocess.CompletedProcess[str], expected: str) -> None:
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith("tidings: ") and expected in done.stderr, done.stderr
+
+
+def test_a_busy_port_is_one_line_and_exit_1() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert_one_line(serve("--port", str(port)), f"port {port} is in use")
+
+
+def test_an_address_that_cannot_be_bound_is_one_line_and_exit_1() -> None:
+    # 203.0.113.1 is a documentation address (RFC 5737): no interface of this machine has it.
+    assert_one_line(serve("--port", "0", "--host", "203.0.113.1"), "203.0.113.1 is not an address of this machine")
+    # .invalid never resolves (RFC 6761).
+    assert_one_line(serve("--port", "0", "--host", "no-such-host.invalid"), "'no-such-host.invalid' does not resolve")
+    assert_one_line(serve("--port", "70000"), "--port 70000 is not a port")
+
+
+def _unprivileged_ports_start() -> int:
+    with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as f:
+        return int(f.read())
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None or _unprivileged_ports_start() <= 80,
+    reason="needs root to drop privileges with setpriv, and port 80 privileged",
+)
+def test_permission_denied_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    key = tmp_path / "key.pem"
+    key.write_text("unreadable once privileges are dropped")
+    key.chmod(0o600)
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *TIDINGS, "serve"]
+    done = subprocess.run([*nobody, "--port", "80"], capture_output=True, text=True, timeout=30)
+    assert_one_line(done, "permission denied: cannot listen on 127.0.0.1:80")
+    done = subprocess.run(
+        [*nobody, "--port", "0", "--auth-public-key", str(key)], capture_output=True, text=True, timeout=30
+    )
+    assert_one_line(done, f"--auth-public-key: cannot read {key}: Permission denied")
+
+
+def test_bad_settings_from_the_environment_are_usage_errors_not_tracebacks() -> None:
+    done = serve(env={"TIDINGS_PORT": "eighty"})
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "argument --port: invalid int value: 'eighty'" in done.stderr
+    assert_one_line(serve("--port", "0", "--log-level", "loud"), "--log-level is debug, info, warning or error")
+
+
+def test_serve_help_shows_every_default_readably() -> None:
+    done = subprocess.run([*TIDINGS, "serve", "--help"], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())  # argparse wraps lines at the terminal's width
+    assert "(default ;" not in text and "(default: ;" not in text
+    assert "(default: none; env TIDINGS_AUTH_SECRET)" in text
+    assert "(default: 8080; env TIDINGS_PORT)" in text
+    assert "--access-log log one line per answered request (default: off; on with TIDINGS_ACCESS_LOG=1)" in text

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 from conftest import ServerProcess, free_port, subscribers, wait_until
 
-from tidings.client import AsyncClient, Client, Message, TidingsError
+from tidings.client import AsyncClient, ChannelDeleted, Client, Message, TidingsError
 
 
 @pytest.mark.parametrize("transport", ["longpoll", "sse", "ws"])
@@ -85,3 +85,18 @@ def _count(srv: ServerProcess, channel: str) -> int:
 
     with httpx.Client(base_url=srv.url, timeout=10) as http:
         return subscribers(http, channel)
+
+
+@pytest.mark.parametrize("transport", ["longpoll", "sse", "ws"])
+def test_deleting_a_channel_ends_a_subscription_naming_it(server: ServerProcess, channel: str, transport: str) -> None:
+    async def scenario() -> None:
+        async with AsyncClient(server.url) as client:
+            messages = client.subscribe(channel + "x", channel, transport=transport)  # type: ignore[arg-type]
+            ended = asyncio.create_task(anext(messages))
+            await asyncio.to_thread(wait_until, lambda: _count(server, channel) == 1, 5, "the subscription")
+            await client.http.delete(f"/pub/{channel}")
+            with pytest.raises(ChannelDeleted) as deleted:
+                await asyncio.wait_for(ended, 10)
+            assert deleted.value.channel == channel
+
+    asyncio.run(scenario())

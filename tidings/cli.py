@@ -65,17 +65,19 @@ def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
                 dest=f.name,
                 action="store_true",
                 default=default is not None and default.lower() in ("1", "true", "yes", "on"),
-                help=f"{_HELP.get(f.name, '')} (env {env}=1)",
+                help=f"{_HELP.get(f.name, '')} (default: off; on with {env}=1)",
             )
             continue
-        kind = cast(Callable[[str], Any], type(f.default))
+        shown = str(f.default).replace("%", "%%") if f.default != "" else "none"  # argparse %-formats help
         parser.add_argument(
             "--" + f.name.replace("_", "-"),
             dest=f.name,
-            type=kind,
-            default=kind(default) if default is not None else f.default,
+            type=cast(Callable[[str], Any], type(f.default)),
+            # A string default goes through `type` like a flag's value, so a bad TIDINGS_* value
+            # is a usage error naming the flag, not a traceback.
+            default=default if default is not None else f.default,
             metavar=f.name.upper(),
-            help=f"{_HELP.get(f.name, '')} (default {f.default}; env {env})",
+            help=f"{_HELP.get(f.name, '')} (default: {shown}; env {env})",
         )
 
 
@@ -298,11 +300,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "serve":
-            from tidings.server import run
+            from tidings.server import StartupError, run
 
             try:
                 run(_settings(args))
-            except ValueError as exc:  # a setting that makes no sense (e.g. an unknown broker)
+            except (ValueError, StartupError) as exc:  # a setting that makes no sense, a port taken
                 raise Failure(str(exc)) from None
             return 0
         if args.command == "publish":

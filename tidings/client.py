@@ -146,8 +146,7 @@ class AsyncClient:
             query = {"timeout": f"{timeout:g}", **({"last_id": state["cursor"]} if state["cursor"] else {})}
             response = await self.http.get(f"/sub/{path}?{urlencode(query)}", timeout=timeout + self.timeout)
             if response.status_code == 410:
-                detail = _error(response).detail
-                raise ChannelDeleted(str(detail.get("channel", path)) if isinstance(detail, dict) else path)
+                raise ChannelDeleted(str(response.json().get("channel", path)))
             if response.status_code != 200:
                 raise _error(response)
             body = response.json()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import resource
 import signal
+import socket
 import time
 from collections.abc import Callable
 
@@ -17,6 +19,10 @@ from tidings.web.app import App
 from tidings.web.http import connection_factory
 
 log = logging.getLogger("tidings")
+
+
+class StartupError(Exception):
+    """The server cannot start (e.g. its port is taken): one line for the user, no traceback."""
 
 
 def raise_fd_limit() -> None:
@@ -37,10 +43,9 @@ async def serve(settings: Settings, on_ready: Callable[[str, int], None] | None 
     )
     broker = create_broker(settings, hub)
     app = App(settings, hub, broker, loop)  # first: a bad setting fails before the broker connects
+    server = await _bind(app, loop, settings)  # then a taken port, before the broker connects
     await broker.start()
-    server = await loop.create_server(
-        connection_factory(app, app.limits, loop), settings.host, settings.port, backlog=4096
-    )
+    await server.start_serving()
     host, port = server.sockets[0].getsockname()[:2]
     app.start()
     stop = asyncio.Event()
@@ -58,6 +63,27 @@ async def serve(settings: Settings, on_ready: Callable[[str, int], None] | None 
         await _drain(app, loop, settings.shutdown_grace)
         await broker.close()
         log.info("stopped")
+
+
+async def _bind(app: App, loop: asyncio.AbstractEventLoop, settings: Settings) -> asyncio.Server:
+    """The listening socket, not accepting yet; a failure is a StartupError that says why."""
+    host, port = settings.host, settings.port
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if not 0 <= port <= 65535:
+        raise StartupError(f"--port {port} is not a port (0-65535)")
+    try:
+        return await loop.create_server(
+            connection_factory(app, app.limits, loop), host, port, backlog=4096, start_serving=False
+        )
+    except socket.gaierror as exc:
+        raise StartupError(f"cannot listen on {where}: {host!r} does not resolve ({exc.strerror})") from None
+    except OSError as exc:
+        reasons = {
+            errno.EADDRINUSE: f"port {port} is in use: cannot listen on {where}",
+            errno.EACCES: f"permission denied: cannot listen on {where} (ports below 1024 need privileges)",
+            errno.EADDRNOTAVAIL: f"cannot listen on {where}: {host} is not an address of this machine",
+        }
+        raise StartupError(reasons.get(exc.errno or 0, f"cannot listen on {where}: {exc.strerror or exc}")) from None
 
 
 async def _drain(app: App, loop: asyncio.AbstractEventLoop, grace: float) -> None:
@@ -89,6 +115,8 @@ class JsonFormatter(logging.Formatter):
 def configure_logging(settings: Settings) -> None:
     if settings.log_format not in ("text", "json"):
         raise ValueError(f"--log-format is text or json, not {settings.log_format!r}")
+    if settings.log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise ValueError(f"--log-level is debug, info, warning or error, not {settings.log_level!r}")
     handler = logging.StreamHandler()
     if settings.log_format == "json":
         formatter: logging.Formatter = JsonFormatter()

@@ -222,7 +222,10 @@ def test_delete_on_one_node_ends_subscriptions_on_every_node(cluster: Cluster, c
         assert b"event: closed" in await sse.read_until(b"event: closed")
         assert (await held.response()).status == 410
         assert poll(b, channel, "oldest")["messages"] == []  # the history went with it
-        assert httpx.delete(f"{b.url}/pub/{channel}").status_code == 404
+        again = httpx.delete(f"{b.url}/pub/{channel}")  # idempotent: a channel holding nothing is still one
+        assert again.status_code == 200 and again.json()["subscribers"] == 0
+        never = httpx.get(f"{b.url}/channels/{channel}-never")
+        assert never.status_code == 200 and never.json()["buffered"] == never.json()["subscribers"] == 0
         sse.close()
         held.close()
 

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
-from conftest import ServerProcess, free_port
+from conftest import ServerProcess, free_port, subscribers, wait_until
 from playwright.sync_api import Browser, Page, ViewportSize, sync_playwright
 
 CHROMIUM = next(
@@ -198,4 +198,24 @@ def test_a_message_that_was_not_sent_comes_back(
         timeout=WAIT_MS,
     )
     assert page.input_value("#message") == "try again later"
+
+
+@pytest.mark.parametrize("transport", ["longpoll", "sse", "ws"])
+def test_deleting_the_channel_tells_tidings_js_which_one(
+    browser: Browser, server: ServerProcess, channel: str, transport: str
+) -> None:
+    page = open_chat(browser, server, channel, transport)  # the page's own subscription, and tidings.js
+    page.evaluate(
+        """([channel, transport]) => {
+            window.closedWith = null;
+            Tidings.subscribe("", channel, () => {}, {transport, onClose: (detail) => { window.closedWith = detail; }});
+        }""",
+        [channel, transport],
+    )
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        wait_until(lambda: subscribers(http, channel) == 2, 10, "both subscriptions to be held")
+        assert http.delete(f"/pub/{channel}").json()["subscribers"] == 2
+    page.wait_for_function("window.closedWith !== null", timeout=WAIT_MS)
+    detail = page.evaluate("window.closedWith")
+    assert isinstance(detail, dict) and detail["channel"] == channel, detail  # alike on every transport
     page.context.close()

@@ -7,9 +7,13 @@ import random
 import re
 import time
 from collections.abc import Callable
+from email.utils import parsedate_to_datetime
 
-from conftest import ServerProcess
+import httpx
+from conftest import ServerProcess, subscribers, wait_until
 from rawhttp import Connection, request
+from websockets.asyncio.client import connect
+from websockets.datastructures import Headers
 
 
 async def raw_exchange(srv: ServerProcess, data: bytes, timeout: float = 5) -> bytes:
@@ -191,3 +195,71 @@ def test_subscriber_counts_stay_exact_through_churn(server: ServerProcess, chann
         await settle(channel + "x", 0)
 
     asyncio.run(scenario())
+
+
+IMF_FIXDATE = re.compile(
+    r"(Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d\d (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) \d{4} \d\d:\d\d:\d\d GMT"
+)
+
+
+def assert_current_date(headers: dict[str, str] | Headers, started: float) -> None:
+    """A Date header in RFC 9110's preferred format, naming a second of this test."""
+    date = headers.get("date", "")
+    assert IMF_FIXDATE.fullmatch(date), f"Date: {date!r}"
+    assert int(started) <= parsedate_to_datetime(date).timestamp() <= time.time()
+
+
+def test_every_answer_carries_the_date(server: ServerProcess, channel: str) -> None:
+    async def scenario() -> None:
+        started = time.time()
+        assert_current_date((await request(server.host, server.port, "GET", "/healthz")).headers, started)
+        assert_current_date((await request(server.host, server.port, "GET", "/nowhere")).headers, started)
+        held = await Connection.open(server.host, server.port)
+        held.send("GET", f"/sub/{channel}")  # answered from bytes shared by every waiting poll
+        await asyncio.to_thread(wait_until, lambda: subscribers_of(server, channel) == 1, 5, "the poll to wait")
+        await request(server.host, server.port, "POST", f"/pub/{channel}", b"hi")
+        assert_current_date((await held.response()).headers, started)
+        stream = await Connection.open(server.host, server.port)
+        assert_current_date((await stream.start_stream(f"/sse/{channel}")).headers, started)
+        async with connect(f"ws://{server.host}:{server.port}/ws/{channel}") as ws:
+            assert ws.response is not None
+            assert_current_date(ws.response.headers, started)
+        for conn in (held, stream):
+            conn.close()
+
+    asyncio.run(scenario())
+
+
+def subscribers_of(srv: ServerProcess, channel: str) -> int:
+    with httpx.Client(base_url=srv.url, timeout=10) as client:
+        return subscribers(client, channel)
+
+
+def split_response(data: bytes) -> tuple[dict[str, str], bytes]:
+    """The first response's headers (lower-case names), and every byte after its head."""
+    head, _, rest = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}
+    return {"status": lines[0].split()[1], **headers}, rest
+
+
+def test_head_is_get_without_its_body_where_the_answer_is_immediate(server: ServerProcess, channel: str) -> None:
+    httpx.post(f"{server.url}/pub/{channel}", content="x", timeout=10)
+    for path in ("/metrics", f"/channels/{channel}", "/", "/static/tidings.js", "/healthz", "/openapi.json"):
+        # HEAD, then GET on the same connection: the GET's answer must follow the HEAD's head at once.
+        pipelined = (
+            f"HEAD {path} HTTP/1.1\r\nHost: x\r\n\r\nGET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        head, rest = split_response(asyncio.run(raw_exchange(server, pipelined.encode())))
+        assert head["status"] == "200" and rest.startswith(b"HTTP/1.1 200 "), (path, head, rest[:100])
+        get, body = split_response(rest)
+        assert head["content-type"] == get["content-type"], path
+        assert head["content-length"] == get["content-length"] == str(len(body)), path
+
+
+def test_head_of_a_subscription_is_405_naming_get(server: ServerProcess, channel: str) -> None:
+    # A poll that waits or a stream that never ends has no headers to give on their own.
+    for path in (f"/sub/{channel}", f"/sse/{channel}", f"/stream/{channel}", f"/ws/{channel}"):
+        sent = f"HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+        head, rest = split_response(asyncio.run(raw_exchange(server, sent)))
+        assert head["status"] == "405" and head["allow"] == "GET" and rest == b"", (path, head, rest)

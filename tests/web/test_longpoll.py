@@ -186,3 +186,25 @@ def test_a_body_over_the_limit_is_413(start_server: Callable[..., ServerProcess]
         r = client.post(f"/pub/{channel}", content=b"x" * 1001)
         assert r.status_code == 413 and _error(r) == "body_too_large"
         assert client.get("/healthz").json() == {"status": "ok", "broker": "memory"}
+
+
+def test_a_deleted_channel_answers_a_held_poll_410_naming_it(
+    server: ServerProcess, http: httpx.Client, channel: str
+) -> None:
+    held = poll_in_background(server.url, f"/sub/{channel}x,{channel}")
+    wait_until(lambda: subscribers(http, channel) == 1, 5, "the long-poll to be held")
+    assert http.delete(f"/pub/{channel}").json()["subscribers"] == 1
+    answer = held.result(10)
+    assert answer.status_code == 410
+    # `detail` is a sentence like every error's; the channel is a field of its own.
+    assert answer.json() == {"error": "channel_deleted", "detail": f"channel {channel} was deleted", "channel": channel}
+
+
+def test_a_channel_never_used_is_an_empty_one_to_read_and_to_delete(http: httpx.Client, channel: str) -> None:
+    info = http.get(f"/channels/{channel}")
+    assert info.status_code == 200 and info.json()["subscribers"] == info.json()["buffered"] == 0
+    for _ in range(2):  # deleting is idempotent
+        deleted = http.delete(f"/pub/{channel}")
+        assert deleted.status_code == 200
+        assert deleted.json() == {"channel": channel, "deleted": True, "subscribers": 0}
+    assert http.get(f"/channels/{channel}").status_code == 200

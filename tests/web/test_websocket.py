@@ -207,3 +207,23 @@ def test_adding_a_channel_keeps_the_cursor_of_the_first(server: ServerProcess, c
             assert (await frame(ws))["last_id"] == f"{channel}:{first},{other}:{second}"
 
     asyncio.run(scenario())
+
+
+def test_a_handshake_must_be_http_1_1_and_a_426_names_the_protocol(server: ServerProcess, channel: str) -> None:
+    key = base64.b64encode(os.urandom(16)).decode()
+    handshake = (
+        f"GET /ws/{channel} HTTP/1.0\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    with socket.create_connection((server.host, server.port), timeout=5) as sock:
+        sock.sendall(handshake.encode())
+        received = b""
+        while chunk := sock.recv(65536):  # the server answers and closes (bounded by the timeout)
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), received  # RFC 6455 4.1: a handshake is HTTP/1.1
+    assert json.loads(body)["error"] == "bad_handshake"
+    # A plain GET: 426, saying which protocol to upgrade to (RFC 9110 15.5.22).
+    answer = httpx.get(f"{server.url}/ws/{channel}", timeout=10)
+    assert answer.status_code == 426 and answer.json()["error"] == "upgrade_required"
+    assert answer.headers["upgrade"] == "websocket" and answer.headers["connection"].lower() == "upgrade"

@@ -76,7 +76,7 @@
       fetch(withToken(url + "/sub/" + path + "?" + query, options.token), { signal: abort.signal, cache: "no-store" })
         .then(function (response) {
           if (response.status === 410) {
-            return response.json().then(function (body) { ended(body.detail); });
+            return response.json().then(function (body) { ended({ channel: body.channel }); });
           }
           if (!response.ok) throw new Error("HTTP " + response.status);
           return response.json().then(function (body) {

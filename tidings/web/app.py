@@ -252,6 +252,9 @@ class App:
             raise HttpError(INSUFFICIENT_STORAGE, exc.code, exc.detail) from None
 
     def _route(self, request: Request, conn: HttpConnection) -> None:
+        # HEAD is answered like GET without the body (`HttpConnection.respond`) wherever the
+        # answer is immediate; subscriptions refuse it (405): an answer that waits for a message
+        # or never ends has no headers worth asking for on their own.
         method = request.method
         head, _, rest = request.path[1:].partition("/")
         if head == "sub" and rest:
@@ -286,7 +289,7 @@ class App:
             self.authorize(request, "subscribe", [rest])
             info.channel(self, conn, rest)
         elif request.path == "/metrics":
-            _allow(method, "GET")
+            _allow(method, "GET", "HEAD")
             metrics.serve(self, conn)
         elif request.path == "/openapi.json":
             _allow(method, "GET", "HEAD")

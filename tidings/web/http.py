@@ -14,7 +14,9 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from email.utils import formatdate
 from http import HTTPStatus
+from time import monotonic, time
 from typing import Protocol, cast
 from urllib.parse import unquote
 
@@ -129,6 +131,25 @@ def status_line(status: int) -> bytes:
     return line
 
 
+_date_line = b""
+_date_stale_at = 0.0  # monotonic time of the next wall-clock second: no clock step can freeze the line
+
+
+def date_header() -> bytes:
+    """The `Date` header line every answer carries (RFC 9110 6.6.1), formatted at most once a second."""
+    if monotonic() < _date_stale_at:
+        return _date_line
+    return _next_date_header()
+
+
+def _next_date_header() -> bytes:
+    global _date_line, _date_stale_at
+    wall = time()
+    _date_stale_at = monotonic() + 1.0 - wall % 1.0
+    _date_line = b"Date: %s\r\n" % formatdate(int(wall), usegmt=True).encode()
+    return _date_line
+
+
 JSON_TYPE = b"application/json"
 
 
@@ -139,8 +160,9 @@ def response_bytes(
     keep_alive: bool = True,
     extra_headers: bytes = b"",
 ) -> bytes:
-    return b"%sContent-Type: %s\r\nContent-Length: %d\r\nCache-Control: no-store\r\n%s%s\r\n%s" % (
+    return b"%s%sContent-Type: %s\r\nContent-Length: %d\r\nCache-Control: no-store\r\n%s%s\r\n%s" % (
         status_line(status),
+        date_header(),
         content_type,
         len(body),
         extra_headers,
@@ -149,8 +171,9 @@ def response_bytes(
     )
 
 
-def error_body(error: str, detail: object) -> bytes:
-    return json.dumps({"error": error, "detail": detail}).encode()
+def error_body(error: str, detail: str, **fields: str) -> bytes:
+    """Every error answer: a code, a sentence for people, and any fields a client acts on."""
+    return json.dumps({"error": error, "detail": detail, **fields}).encode()
 
 
 def chunk(data: bytes) -> bytes:
@@ -452,8 +475,9 @@ class HttpConnection(asyncio.Protocol):
                 self.transport.write(preamble)
             return
         framing = b"Transfer-Encoding: chunked\r\n" if self.request.http11 else b"Connection: close\r\n"
-        head = b"%sContent-Type: %s\r\nCache-Control: no-store\r\nX-Accel-Buffering: no\r\n%s%s%s\r\n" % (
+        head = b"%s%sContent-Type: %s\r\nCache-Control: no-store\r\nX-Accel-Buffering: no\r\n%s%s%s\r\n" % (
             status_line(200),
+            date_header(),
             content_type,
             extra_headers,
             self.response_headers,

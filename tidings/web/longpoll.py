@@ -24,6 +24,9 @@ def poll_body(messages: list[Message], token: str, gap: bool = False) -> bytes:
 
 
 def _one_message_response(message: Message) -> bytes:
+    # Built once per message and cached on it, Date included: a later poll that gets these
+    # bytes (its cursor just before this message) carries the Date of the first answer.
+    # Harmless (no-store: no cache computes an age from it) and it keeps fan-out one build.
     return response_bytes(200, poll_body([message], str(message.id), message.after_loss))
 
 
@@ -84,7 +87,7 @@ class LongPoll:
 
     def channel_closed(self, channel: str) -> None:
         self._leave()
-        self.conn.respond(410, error_body("channel_deleted", {"channel": channel}))
+        self.conn.respond(410, error_body("channel_deleted", f"channel {channel} was deleted", channel=channel))
 
     def _answer_empty(self) -> None:
         self._leave()

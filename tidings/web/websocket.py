@@ -235,8 +235,15 @@ def _channel_list(value: object) -> list[str]:
 
 
 def subscribe(app: App, request: Request, conn: HttpConnection, channels: tuple[str, ...]) -> None:
+    if not request.http11:  # RFC 6455 4.1: the handshake is an HTTP/1.1 request (1.0 has no Upgrade)
+        raise HttpError(400, "bad_handshake", "a WebSocket handshake needs HTTP/1.1", close=True)
     if request.header(b"upgrade").lower() != "websocket":
-        raise HttpError(426, "upgrade_required", "this is a WebSocket endpoint: send Upgrade: websocket")
+        raise HttpError(
+            426,
+            "upgrade_required",
+            "this is a WebSocket endpoint: send Upgrade: websocket",
+            headers=b"Upgrade: websocket\r\nConnection: Upgrade\r\n",  # RFC 9110 15.5.22: name the protocol
+        )
     # Our edge has parsed the request already: the library checks it and makes the answer,
     # then a protocol that starts OPEN (its parser expects frames, not a request) takes over.
     headers = Headers([(name.decode("latin-1"), value.decode("latin-1")) for name, value in request.raw_headers])
