@@ -216,11 +216,17 @@ def test_the_access_log_names_the_client_not_the_proxy(proxied: Proxy, channel: 
     direct = httpx.Client(base_url=proxied.upstream.url, transport=httpx.HTTPTransport(local_address="127.0.0.7"))
     with direct:
         direct.get(f"/channels/{channel}-direct", headers={"X-Forwarded-For": "198.51.100.9"}).raise_for_status()
+    # A proxy that adds a header line of its own (HAProxy does) behind the client's forged one:
+    # the client is the last untrusted hop over all the lines.
+    with httpx.Client(base_url=proxied.upstream.url) as appending_proxy:
+        two_lines = [("X-Forwarded-For", "198.51.100.9"), ("X-Forwarded-For", "127.0.0.8")]
+        appending_proxy.get(f"/channels/{channel}-two-lines", headers=two_lines).raise_for_status()
     upstream = proxied.upstream
 
     def logged(query: str) -> str:
         return next((line for line in upstream.lines if query in line and "tidings.access" in line), "")
 
-    wait_until(lambda: bool(logged("-via-proxy") and logged("-direct")), 10, "both access log lines")
+    wait_until(lambda: all(map(logged, ("-via-proxy", "-direct", "-two-lines"))), 10, "the access log lines")
     assert " 127.0.0.5 GET " in logged("-via-proxy"), logged("-via-proxy")
     assert " 127.0.0.7 GET " in logged("-direct"), logged("-direct")
+    assert " 127.0.0.8 GET " in logged("-two-lines"), logged("-two-lines")

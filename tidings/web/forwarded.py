@@ -39,10 +39,10 @@ class ForwardedHeaders:
         """Take the client address and scheme from the headers when the peer is trusted."""
         if not self.trusts(request.client):
             return
-        proto = request.header(b"x-forwarded-proto").split(",")[-1].strip().lower()
-        if proto in ("http", "https"):
-            request.scheme = proto
-        chain = [hop.strip() for hop in request.header(b"x-forwarded-for").split(",") if hop.strip()]
+        protos = request.header_list(b"x-forwarded-proto")
+        if protos and protos[-1].lower() in ("http", "https"):  # the last: what the nearest proxy saw
+            request.scheme = protos[-1].lower()
+        chain = request.header_list(b"x-forwarded-for")
         # Each proxy appends whom it heard from: the client is the last hop we do not trust
         # (anything before it could be made up by that client).
         for hop in reversed(chain):

@@ -83,6 +83,15 @@ class Request:
                 return value.decode("latin-1")
         return ""
 
+    def header_list(self, name: bytes) -> list[str]:
+        """Every item of a list-valued header, over all its lines in order (RFC 9110 5.3: a
+        proxy may add a line of its own instead of extending the first); `name` lower-case."""
+        items = []
+        for key, value in self.raw_headers:
+            if len(key) == len(name) and key.lower() == name:
+                items.extend(item.strip() for item in value.decode("latin-1").split(","))
+        return [item for item in items if item]
+
 
 class HttpError(Exception):
     """Answer with a JSON error and, when `close`, drop the connection afterwards."""
