@@ -214,11 +214,19 @@ def test_every_answer_carries_the_date(server: ServerProcess, channel: str) -> N
         started = time.time()
         assert_current_date((await request(server.host, server.port, "GET", "/healthz")).headers, started)
         assert_current_date((await request(server.host, server.port, "GET", "/nowhere")).headers, started)
+        before = (await request(server.host, server.port, "GET", f"/sub/{channel}?timeout=0")).json()["last_id"]
         held = await Connection.open(server.host, server.port)
-        held.send("GET", f"/sub/{channel}")  # answered from bytes shared by every waiting poll
+        held.send("GET", f"/sub/{channel}?last_id={before}")  # answered from bytes shared by every waiting poll
         await asyncio.to_thread(wait_until, lambda: subscribers_of(server, channel) == 1, 5, "the poll to wait")
         await request(server.host, server.port, "POST", f"/pub/{channel}", b"hi")
-        assert_current_date((await held.response()).headers, started)
+        first = await held.response()
+        assert_current_date(first.headers, started)
+        # The same shared bytes answer a later poll for that message, with that later answer's Date.
+        await asyncio.to_thread(wait_until, lambda: int(time.time()) > int(started), 2, "the clock's next second")
+        later = time.time()
+        again = await request(server.host, server.port, "GET", f"/sub/{channel}?last_id={before}")
+        assert again.json()["messages"] == first.json()["messages"]
+        assert_current_date(again.headers, later)
         stream = await Connection.open(server.host, server.port)
         assert_current_date((await stream.start_stream(f"/sse/{channel}")).headers, started)
         async with connect(f"ws://{server.host}:{server.port}/ws/{channel}") as ws:

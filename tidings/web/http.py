@@ -86,7 +86,7 @@ class Request:
     def header_list(self, name: bytes) -> list[str]:
         """Every item of a list-valued header, over all its lines in order (RFC 9110 5.3: a
         proxy may add a line of its own instead of extending the first); `name` lower-case."""
-        items = []
+        items: list[str] = []
         for key, value in self.raw_headers:
             if len(key) == len(name) and key.lower() == name:
                 items.extend(item.strip() for item in value.decode("latin-1").split(","))
@@ -160,6 +160,7 @@ def _next_date_header() -> bytes:
 
 
 JSON_TYPE = b"application/json"
+_OK = status_line(200)
 
 
 def response_bytes(
@@ -176,6 +177,16 @@ def response_bytes(
         len(body),
         extra_headers,
         b"" if keep_alive else b"Connection: close\r\n",
+        body,
+    )
+
+
+def shared_answer(body: bytes) -> bytes:
+    """A keep-alive 200 JSON answer without its status line and Date: bytes built once and sent
+    to many connections, maybe much later (`HttpConnection.respond_shared` adds both)."""
+    return b"Content-Type: %s\r\nContent-Length: %d\r\nCache-Control: no-store\r\n\r\n%s" % (
+        JSON_TYPE,
+        len(body),
         body,
     )
 
@@ -413,14 +424,15 @@ class HttpConnection(asyncio.Protocol):
         self.transport.write(data)
         self._finish(keep_alive)
 
-    def respond_raw(self, data: bytes, keep_alive: bool) -> None:
-        """Answer with a complete response built by the caller (shared bytes on fan-out)."""
+    def respond_shared(self, answer: bytes) -> None:
+        """Answer 200 with bytes from `shared_answer` (the same for many connections on fan-out),
+        keeping the connection open."""
         if self.state != _BUSY or self.transport is None:
             return
         if self.limits.access_log:
-            self._log_access(int(data[9:12]), len(data))
-        self.transport.write(data)
-        self._finish(keep_alive)
+            self._log_access(200, len(answer))
+        self.transport.write(_OK + date_header() + answer)
+        self._finish(True)
 
     def _log_access(self, status: int, size: int) -> None:
         request = self.request

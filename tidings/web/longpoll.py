@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from tidings.hub import Batch, Message, MessageId, cursor_token
 from tidings.web import params
-from tidings.web.http import HttpConnection, HttpError, Request, error_body, response_bytes
+from tidings.web.http import HttpConnection, HttpError, Request, error_body, shared_answer
 
 if TYPE_CHECKING:
     from tidings.web.app import App
@@ -23,11 +23,8 @@ def poll_body(messages: list[Message], token: str, gap: bool = False) -> bytes:
     )
 
 
-def _one_message_response(message: Message) -> bytes:
-    # Built once per message and cached on it, Date included: a later poll that gets these
-    # bytes (its cursor just before this message) carries the Date of the first answer.
-    # Harmless (no-store: no cache computes an age from it) and it keeps fan-out one build.
-    return response_bytes(200, poll_body([message], str(message.id), message.after_loss))
+def _one_message_answer(message: Message) -> bytes:
+    return shared_answer(poll_body([message], str(message.id), message.after_loss))
 
 
 def answer(
@@ -45,7 +42,7 @@ def answer(
         and not conn.response_headers  # per-request headers (CORS) cannot go into shared bytes
     ):
         # The common answer after a fan-out, built once and shared by every subscriber of the channel.
-        conn.respond_raw(messages[0].frame("longpoll", _one_message_response), True)
+        conn.respond_shared(messages[0].frame("longpoll", _one_message_answer))
     else:
         conn.respond(200, poll_body(messages, cursor_token(channels, positions), gap))
 
