@@ -403,20 +403,27 @@ def test_the_channel_cap_refuses_new_channels_not_the_ones_held() -> None:
     assert publish(hub, "c", 4, T0 + 4).data == 4
 
 
-def test_the_byte_cap_refuses_growth_not_a_message_taking_the_oldest_ones_place() -> None:
+def test_the_byte_cap_refuses_new_buffers_not_a_channel_giving_up_its_own_older_messages() -> None:
     hub = make_hub(size=2, ttl=1.0)
     one = publish(hub, "a", "x", T0).cost
     hub.max_buffered_bytes = 3 * one
     publish(hub, "a", "y", T0 + 1)
-    publish(hub, "b", "z", T0 + 2)
+    z = publish(hub, "b", "z", T0 + 2)
     with pytest.raises(BuffersFull):
-        hub.make_message("b", "w", T0 + 3)  # "b" would grow
-    with pytest.raises(BuffersFull):
-        hub.make_message("c", "w", T0 + 3)
+        hub.make_message("c", "w", T0 + 3)  # a new buffer: nothing of its own to give up
     assert publish(hub, "a", "v", T0 + 3).data == "v"  # takes the place of the oldest of "a"
+    # "b" is below --buffer-size, but at the cap it gives up its own oldest (never "a"'s) ...
+    assert publish(hub, "b", "w", T0 + 3).data == "w"
+    assert [m.data for m in hub.channels["b"].ring or ()] == ["w"]
+    assert [m.data for m in hub.channels["a"].ring or ()] == ["y", "v"]
     assert hub.buffered_bytes == 3 * one
-    hub.sweep(T0 + 1002)  # older messages expire
-    assert publish(hub, "c", "u", T0 + 1002).data == "u"
+    # ... and a cursor that needed it is told so.
+    assert hub.read(["b"], Cursor.parse(f"{T0}-0"), T0 + 4).gaps == ["b"]
+    assert hub.read(["b"], Cursor.parse(str(z.id)), T0 + 4).gaps == []
+    with pytest.raises(BuffersFull):  # bigger than all of "b" can give
+        hub.make_message("b", "w" * 2 * len(z.json), T0 + 3)
+    hub.sweep(T0 + 1004)  # older messages expire
+    assert publish(hub, "c", "u", T0 + 1004).data == "u"
 
 
 def test_messages_from_the_bus_are_kept_only_as_far_as_they_fit() -> None:
@@ -439,6 +446,22 @@ def test_messages_from_the_bus_are_kept_only_as_far_as_they_fit() -> None:
     assert hub.channels["a"].ring is not None and list(hub.channels["a"].ring) == []
     assert hub.buffered_bytes == 0 and hub.read(["a"], Cursor.parse(str(second.id)), T0 + 6).gaps == ["a"]
     assert hub.read(["a"], Cursor.parse(str(big.id)), T0 + 6).gaps == []
+
+
+def test_a_cache_at_the_channel_cap_makes_way_for_a_newcomer() -> None:
+    # Bus traffic keeps a cache full; a new subscriber must not be refused while cached
+    # channels nobody here subscribes to could go.
+    hub = Hub(now_ms=T0, max_channels=3, follows_bus=True)
+    hub.buffers_are_cache = True
+    hub.join(["kept"], Recorder())
+    for i in range(3):
+        hub.ingest(Message(MessageId(T0 + 1 + i, 0), f"c{i}", i, T0 + 1 + i), T0 + 5)
+    assert set(hub.channels) == {"kept", "c0", "c1"}
+    hub.make_room(["new1", "new2"])
+    assert set(hub.channels) == {"kept"}  # the oldest unsubscribed ones went
+    hub.join(["new1", "new2"], Recorder())
+    with pytest.raises(TooManyChannels):  # every channel held has a subscriber
+        hub.make_room(["new3"])
 
 
 def test_a_cache_at_a_cap_gives_back_what_it_caches_on_sweep() -> None:

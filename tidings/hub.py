@@ -462,12 +462,27 @@ class Hub:
 
     def make_room(self, names: Iterable[str]) -> None:
         """Raises TooManyChannels when holding every one of `names` would take this hub past
-        `max_channels` (the channels it holds already keep working)."""
+        `max_channels` (the channels it holds already keep working). When the buffers are a
+        cache of the broker's history, cached channels nobody here subscribes to make way
+        first (bus traffic would otherwise keep the cache full and refuse every newcomer)."""
         limit = self.max_channels
         if limit:
             new = sum(1 for name in names if name not in self.channels)
+            if new and len(self.channels) + new > limit and self.buffers_are_cache:
+                self._reclaim_unsubscribed(len(self.channels) + new - limit)
             if new and len(self.channels) + new > limit:
                 raise TooManyChannels(f"this server holds at most {limit} channels")
+
+    def _reclaim_unsubscribed(self, count: int) -> None:
+        """Reclaim up to `count` channels that nobody here subscribes to, oldest first."""
+        idle: list[Channel] = []
+        for ch in self.channels.values():
+            if len(idle) == count:
+                break
+            if not ch.subscribers:
+                idle.append(ch)
+        for ch in idle:
+            self._reclaim(ch)
 
     def _remember(self, name: str, last_id: MessageId) -> None:
         """Keep a channel this hub does not hold any more (or did not take) as its last id."""
@@ -517,9 +532,17 @@ class Hub:
                 ring = ch.ring
                 if ring and len(ring) >= self.buffer_size:
                     growth -= ring[0].cost  # the oldest makes way for it
-            if growth > 0 and self.tally.bytes + growth > limit:
+            if growth > 0 and self.tally.bytes + growth > limit and not self._fits_in_own_buffer(ch, message):
                 raise BuffersFull(f"this server buffers at most {limit} bytes of messages")
         return message
+
+    def _fits_in_own_buffer(self, ch: Channel | None, message: Message) -> bool:
+        """Over the byte cap, a channel may give up its own older messages for a new one (`ingest`
+        sheds them; cursors that needed them get a gap), never other channels': so a flood of new
+        channels cannot silence the channels that were there, and a channel is never refused
+        while its buffer alone could make the room. Scans the buffer only when at the cap."""
+        own = sum(m.cost for m in ch.ring) if ch is not None and ch.ring else 0
+        return self.tally.bytes - own + message.cost <= self.max_buffered_bytes
 
     def ingest(self, message: Message, now_ms: int) -> int:
         """Store `message` and hand it to every subscriber of its channel. Returns how many
