@@ -37,6 +37,9 @@ ATTEMPT = """async ([server, channel]) => {
   await fetch(server + "/pub/" + channel, {
     method: "POST", mode: "no-cors", credentials: "include", body: new URLSearchParams({message: "form post"}),
   });
+  // Reading with the cookie: only a listed origin's page may (the browser enforces the answer's CORS headers).
+  socket.read = await fetch(server + "/sub/" + channel + "?last_id=oldest&timeout=0", {credentials: "include"})
+    .then((r) => r.json()).then((body) => body.messages.map((m) => m.data), (e) => String(e));
   return socket;
 }"""
 
@@ -102,10 +105,12 @@ def test_a_page_on_another_origin_cannot_use_the_users_cookie(
 
     hostile = page_on(context, origin_a).evaluate(ATTEMPT, [srv.url, channel])
     assert hostile["opened"] is False and hostile["frames"] == [], hostile  # refused: read nothing
+    assert hostile["read"] == "TypeError: Failed to fetch", hostile
     assert buffered() == 1  # and published nothing, neither over the socket nor by the form post
 
     allowed = page_on(context, origin_b).evaluate(ATTEMPT, [srv.url, channel])
     assert allowed["opened"] is True, allowed
+    assert allowed["read"][0] == "secret", allowed
     assert next(f["message"]["data"] for f in allowed["frames"] if f["type"] == "message") == "secret"
     # The secret, the socket's publish and the form post (each answered before evaluate returned).
     assert buffered() == 3

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 
 import httpx
@@ -78,6 +80,9 @@ def test_the_users_cookie_acts_only_for_listed_origins(
             f"/pub/{channel}", data={"m": "x"}, headers={"Origin": "http://allowed.example", **cookie}
         )
         assert allowed.status_code == 202
+        # It may act with the cookie, so it may read with it too.
+        assert allowed.headers["access-control-allow-origin"] == "http://allowed.example"
+        assert allowed.headers["access-control-allow-credentials"] == "true"
         assert buffered(client, channel, cookie) == 1
 
 
@@ -96,6 +101,8 @@ def test_any_origin_may_act_but_never_with_the_cookie(start_server: Callable[...
             f"/pub/{channel}", content=b"x", headers={"Origin": page, "Authorization": f"Bearer {token}"}
         )
         assert by_header.status_code == 202
+        assert by_header.headers["access-control-allow-origin"] == "*"
+        assert "access-control-allow-credentials" not in by_header.headers
         own = f"http://{srv.host}:{srv.port}"
         same_origin = client.post(
             f"/pub/{channel}", content=b"x", headers={"Origin": own, "Cookie": f"tidings_token={token}"}
@@ -104,17 +111,21 @@ def test_any_origin_may_act_but_never_with_the_cookie(start_server: Callable[...
 
 
 @pytest.mark.parametrize(
-    ("spec", "error"),
-    [("10.0.0.0/33", "--forwarded-allow-ips"), ("nonsense", "--forwarded-allow-ips")],
+    ("flag", "spec"),
+    [
+        ("--forwarded-allow-ips", "10.0.0.0/33"),
+        ("--forwarded-allow-ips", "nonsense"),
+        ("--cors-origin", "127.0.0.1:8081"),  # no scheme: would never match what a browser sends
+        ("--cors-origin", "https://app.example/path"),
+        ("--cors-origin", "null"),
+    ],
 )
-def test_a_bad_forwarded_allow_ips_is_one_line(spec: str, error: str) -> None:
-    import subprocess
-    import sys
-
+def test_a_setting_that_names_no_address_or_origin_is_one_line(flag: str, spec: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "tidings", "serve", "--port", "0", "--forwarded-allow-ips", spec],
+        [sys.executable, "-m", "tidings", "serve", "--port", "0", flag, spec],
         capture_output=True,
         text=True,
         timeout=30,
     )
-    assert result.returncode == 1 and error in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 1 and flag in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr

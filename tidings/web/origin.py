@@ -13,9 +13,12 @@ Requests without `Origin` (curl, servers, the CLI) are not browsers' and are una
 
 from __future__ import annotations
 
+import re
+
 from tidings.web.http import HttpError, Request
 
-_DEFAULT_PORTS = {"http": "80", "https": "443", "ws": "80", "wss": "443"}
+_ORIGIN = re.compile(r"https?://[^/?#\s@]+/?", re.IGNORECASE)  # as a browser sends it: no path, no user
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
 
 
 def normal_origin(scheme: str, host: str) -> str:
@@ -37,6 +40,11 @@ class OriginPolicy:
 
     def __init__(self, spec: str) -> None:
         listed = {origin.strip() for origin in spec.replace(" ", ",").split(",") if origin.strip()}
+        for origin in listed - {"*"}:
+            if _ORIGIN.fullmatch(origin) is None:
+                raise ValueError(
+                    f"--cors-origin: {origin!r} is not an origin: scheme://host[:port], e.g. https://app.example, or *"
+                )
         self.any = "*" in listed
         self.origins = {_parse_origin(origin) for origin in listed if origin != "*"}
         self.preflight = (
@@ -57,9 +65,13 @@ class OriginPolicy:
         return self.any or self.listed(origin)
 
     def cors_headers(self, origin: str) -> bytes:
-        if self.any:
-            return b"Access-Control-Allow-Origin: *\r\n"
-        return b"Access-Control-Allow-Origin: %s\r\nVary: Origin\r\n" % origin.encode("latin-1")
+        if self.listed(origin):
+            # A listed page may act with the user's cookie (see check_acting), so it may read with it too.
+            return (
+                b"Access-Control-Allow-Origin: %s\r\nAccess-Control-Allow-Credentials: true\r\nVary: Origin\r\n"
+                % origin.encode("latin-1")
+            )
+        return b"Access-Control-Allow-Origin: *\r\n"  # any page, never with credentials
 
     def check_acting(self, request: Request) -> bool:
         """Refuse (403) a browser request from a page that may not act here. Returns whether
