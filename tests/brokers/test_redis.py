@@ -309,7 +309,13 @@ def test_a_plain_redis_py_publisher_reaches_the_sse_subscribers_of_its_channels(
         await messages.start_stream("/sse/messages,elsewhere")
         news = await Connection.open(node.host, node.port)
         await news.start_stream("/sse/news.sport")
+        page = await Connection.open(node.host, node.port)
+        await page.start_stream("/stream/messages?format=html")
         await asyncio.to_thread(plain_publish, own_redis, "messages", "hello", "quit", "still here")
+        # In the HTML stream too, as messages without an id of their own.
+        html = (await page.read_until(b"still here")).decode()
+        assert html.count('<div class="m" data-id=""') == 3, html
+        page.close()
         events = await read_events(messages, '"still here"')
         got = [json.loads(e["data"]) for e in events]
         assert [m["data"] for m in got] == ["hello", "quit", "still here"]  # quit is just a message

@@ -44,6 +44,18 @@ def _html_text(value: object) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
+def _html_content(message: Message) -> bytes:
+    """A message's <div> after its attributes: built once per message (it decodes the data), the
+    same for every stream; only the cursor in the attributes differs between streams."""
+    data = message.data
+    if isinstance(data, dict) and "message" in data:
+        nick = html.escape(_html_text(data.get("nick", "anonymous")))
+        body = f"<b>{nick}</b>: {html.escape(_html_text(data['message']))}"
+    else:
+        body = html.escape(_html_text(data))
+    return f'<span class="c">[{message.channel}]</span> {body}</div>\n'.encode()
+
+
 class HTMLFormat(StreamFormat):
     key = "html"
     content_type = b"text/html; charset=utf-8"
@@ -53,16 +65,9 @@ class HTMLFormat(StreamFormat):
         return _HTML_HEAD + _HTML_PADDING
 
     def message_with_cursor(self, message: Message, token: str) -> bytes:
-        data = message.data
-        if isinstance(data, dict) and "message" in data:
-            nick = html.escape(_html_text(data.get("nick", "anonymous")))
-            body = f"<b>{nick}</b>: {html.escape(_html_text(data['message']))}"
-        else:
-            body = html.escape(_html_text(data))
-        return (
-            f'<div class="m" data-id="{message.id}" data-last-id="{token}">'
-            f'<span class="c">[{message.channel}]</span> {body}</div>\n'
-        ).encode()
+        ident = b"" if message.live else str(message.id).encode()  # (a live message has no id)
+        content = message.frame("html/content", _html_content)
+        return b'<div class="m" data-id="%s" data-last-id="%s">%s' % (ident, token.encode(), content)
 
     def event(self, name: str, payload: dict[str, object]) -> bytes:
         text = html.escape(json.dumps(payload, ensure_ascii=False))
