@@ -15,6 +15,7 @@ import httpx
 import pytest
 from conftest import RedisProcess, ServerProcess, scrape, wait_until
 from rawhttp import Connection, read_events, request
+from websockets.asyncio.client import connect as ws_connect
 
 Cluster = Callable[..., list[ServerProcess]]
 
@@ -456,3 +457,27 @@ def test_a_node_at_its_memory_caps_caches_less_and_refuses_no_publish(cluster: C
         "the cache shed to 90% of the caps (the next sweeps)",
     )
     asyncio.run(newcomer(f"{channel}-new"))
+
+
+def test_a_repeated_websocket_subscribe_reads_the_backlog_once(cluster: Cluster, channel: str) -> None:
+    # On a process that does not have the history, a subscribe command's read waits on Redis: a
+    # second command for the same channel arriving meanwhile must not send the backlog again.
+    a, b = cluster(2)
+    for i in range(3):
+        assert publish(a, channel, f"m{i}").status_code == 202
+
+    async def scenario() -> list[str]:
+        async with ws_connect(f"ws://{b.host}:{b.port}/ws") as ws:
+            command = json.dumps({"subscribe": [channel], "last_id": "oldest"})
+            await ws.send(command)
+            await ws.send(command)
+            await asyncio.to_thread(publish, a, channel, "sentinel")
+            got: list[str] = []
+            async with asyncio.timeout(10):
+                while "sentinel" not in got:
+                    frame = json.loads(await ws.recv())
+                    if frame["type"] == "message":
+                        got.append(frame["message"]["data"])
+            return got
+
+    assert asyncio.run(scenario()) == ["m0", "m1", "m2", "sentinel"]

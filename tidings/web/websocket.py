@@ -76,13 +76,16 @@ class WebSocketStream(Stream):
     """A WebSocket subscriber: a stream whose channels the client can change, and which
     also takes publishes."""
 
-    __slots__ = ("handshake", "inbox", "protocol")
+    __slots__ = ("handshake", "inbox", "joining", "protocol")
 
     def __init__(self, app: App, conn: HttpConnection, protocol: ServerProtocol, handshake: Request) -> None:
         super().__init__(app, conn, (), FORMAT)
         self.protocol = protocol
         self.handshake = handshake  # its token authorizes the commands sent on the socket
         self.inbox: list[bytes] | None = []  # what arrives before the first read is answered
+        # Channels of subscribe commands whose read is not answered yet (it may wait on the
+        # broker): a repeated command must not read their backlog again.
+        self.joining: set[str] = set()
 
     def _set_channels(self, channels: tuple[str, ...]) -> None:
         # One channel: the frame (cursor = the message id) is shared by every socket on it, and
@@ -187,16 +190,18 @@ class WebSocketStream(Stream):
     def _subscribe(self, channels: list[str], token: object) -> None:
         if token is not None and not isinstance(token, str):
             raise HttpError(400, "invalid_cursor", "last_id is a cursor string")
-        new = tuple(dict.fromkeys(name for name in channels if name not in self.channels))
-        if len(self.channels) + len(new) > MAX_CHANNELS_PER_REQUEST:
+        new = tuple(dict.fromkeys(name for name in channels if name not in self.channels and name not in self.joining))
+        if len(self.channels) + len(self.joining) + len(new) > MAX_CHANNELS_PER_REQUEST:
             raise HttpError(400, "invalid_channel", f"at most {MAX_CHANNELS_PER_REQUEST} channels per socket")
         if new:
             self.app.authorize(self.handshake, "subscribe", new)
             self.app.check_room(new)
             self.app.make_room(new)
+            self.joining.update(new)
             self.app.read(self.conn, new, Cursor.parse(token), lambda batch: self._add(new, batch), limit=None)
 
     def _add(self, channels: tuple[str, ...], batch: Batch) -> None:
+        self.joining.difference_update(channels)
         if self.conn.closed:
             return
         self._set_channels(tuple(dict.fromkeys(self.channels + channels)))
