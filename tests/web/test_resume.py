@@ -1,10 +1,12 @@
 """Every cursor a client is handed resumes exactly, on every transport and channel count.
 
 For each transport (long-poll, SSE, NDJSON and HTML streams, WebSocket with URL channels and with
-the subscribe command) and 1, 2 and 5 channels: publish interleaved messages, read k of them, take
-the cursor handed with message k, reconnect with it and read until a sentinel published on every
-channel after the reconnect: per channel, what the two connections delivered is exactly what was
-published, in order, once each, with no gap reported — for every k.
+the subscribe command) and 1, 2 and 5 channels: publish interleaved messages, take the cursor handed
+with message k, reconnect with it and read until a sentinel published on every channel after the
+reconnect: per channel, what the two connections delivered is exactly what was published, in order,
+once each, with no gap reported — for every k. The cursors come from backlog frames (published
+before the first connection; long-polls answered at once) and from live ones (a stream already open
+when the message is published; a held long-poll woken by it), the latter also on the Redis broker.
 
 Clients we did not write: httpx (long-poll, streams), html.parser (the HTML stream), the
 `websockets` client (WebSocket)."""
@@ -13,7 +15,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from html.parser import HTMLParser
 from typing import NamedTuple
@@ -21,7 +24,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from conftest import ServerProcess, wait_until
+from conftest import RedisProcess, ServerProcess, subscribers, wait_until
 from websockets.sync.client import connect
 
 N = 12  # messages published per case, interleaved over its channels
@@ -241,6 +244,15 @@ class Case:
             )
         assert {d.channel for d in rest} <= set(self.channels)
 
+    def wait_for_subscriber(self, answered: Callable[[], bool] = lambda: False) -> None:
+        """Until the connection just opened (or the poll just sent) is subscribed on every channel,
+        or a poll has `answered` without being held (what it brought is checked after)."""
+        wait_until(
+            lambda: answered() or all(subscribers(self.http, channel) > 0 for channel in self.channels),
+            READ_TIMEOUT,
+            f"{self.name}: a subscriber on every channel",
+        )
+
 
 @pytest.mark.parametrize("count", [1, 2, 5])
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -276,6 +288,66 @@ def test_every_cursor_handed_resumes_exactly(server: ServerProcess, transport: s
                 assert handed is not None, f"{transport}: no cursor handed with message {k}: {first[-1]}"
                 cursor = handed
             case.resume_exactly(k, first, cursor)
+
+
+@pytest.fixture(scope="module")
+def redis_tidings(redis_server: RedisProcess) -> Iterator[ServerProcess]:
+    """A server on the Redis broker, under a key prefix of its own."""
+    proc = ServerProcess("--broker", redis_server.url, "--redis-prefix", f"t{uuid.uuid4().hex[:8]}:")
+    yield proc
+    proc.kill()
+    assert "Traceback" not in proc.log(), proc.log()
+
+
+LIVE_CASES = [
+    *(
+        pytest.param(transport, count, "server", id=f"{transport}-{count}")
+        for transport in TRANSPORTS
+        for count in (1, 2, 5)
+    ),
+    *(pytest.param(transport, 2, "redis_tidings", id=f"{transport}-2-redis") for transport in ("sse", "ws-subscribe")),
+]
+
+
+@pytest.mark.parametrize(("transport", "count", "server_fixture"), LIVE_CASES)
+def test_every_cursor_handed_on_a_live_frame_resumes_exactly(
+    request: pytest.FixtureRequest, transport: str, count: int, server_fixture: str
+) -> None:
+    server: ServerProcess = request.getfixturevalue(server_fixture)
+    with httpx.Client(base_url=server.url, timeout=READ_TIMEOUT + 5) as http:
+        case = Case(f"live, {server_fixture}", transport, server, http, count)
+        channels = case.channels
+
+        # Subscribe from now on (a long-poll: from the cursor an empty answer hands), then publish
+        # each message while the subscription is open: every frame read, every poll answered, is live.
+        live: list[Delivery] = []
+        cursors: list[str | None] = []  # [k]: the cursor handed after message k
+        if transport == "longpoll":
+            cursors.append(http.get(f"/sub/{','.join(channels)}?timeout=0").json()["last_id"])
+            # The poll is held on a connection of its own, in a thread, while this one publishes.
+            with httpx.Client(base_url=server.url, timeout=READ_TIMEOUT + 5) as poller, ThreadPoolExecutor(1) as pool:
+                for j in range(N):
+                    with longpoll(poller, channels, cursors[-1]) as polls:
+                        held = pool.submit(next, polls)
+                        case.wait_for_subscriber(answered=held.done)
+                        case.send(case.channel_of(j), f"m{j}")
+                        live.append(held.result(timeout=READ_TIMEOUT + 5))
+                    cursors.append(live[-1].cursor)
+        else:
+            cursors.append(None)  # a stream from now on hands no cursor before its first message
+            with case.deliveries(None) as stream:
+                case.wait_for_subscriber()
+                for j in range(N):
+                    case.send(case.channel_of(j), f"m{j}")
+                    live.append(next(stream))
+                    cursors.append(live[-1].cursor)
+        read = [(d.channel, d.data) for d in live]
+        assert read == [(case.channel_of(j), f"m{j}") for j in range(N)], f"{case.name}: live reads {read}"
+
+        for k in range(0 if transport == "longpoll" else 1, N + 1):
+            cursor = cursors[k]
+            assert cursor is not None, f"{case.name}: no cursor handed with message {k}: {live[k - 1]}"
+            case.resume_exactly(k, live[:k], cursor)
 
 
 def test_a_long_poll_from_oldest_cut_off_at_100_resumes_without_a_false_gap(server: ServerProcess) -> None:
