@@ -28,6 +28,9 @@ class StubTransport:
     def get_write_buffer_size(self) -> int:
         return 0
 
+    def get_extra_info(self, name: str) -> object:
+        return ("127.0.0.1", 40000) if name == "peername" else None
+
 
 async def measure(subscribers: int = 1000, rounds: int = 100, publishes: int = 20000) -> dict[str, float]:
     loop = asyncio.get_running_loop()

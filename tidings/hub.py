@@ -460,13 +460,13 @@ class Hub:
             ch = self.channels[name] = Channel(name, self.tombstones.pop(name, self.floor), self.tally)
         return ch
 
-    def make_room(self, names: Iterable[str]) -> None:
+    def make_room(self, names: Sequence[str]) -> None:
         """Raises TooManyChannels when holding every one of `names` would take this hub past
         `max_channels` (the channels it holds already keep working). When the buffers are a
         cache of the broker's history, cached channels nobody here subscribes to make way
         first (bus traffic would otherwise keep the cache full and refuse every newcomer)."""
         limit = self.max_channels
-        if limit:
+        if limit and len(self.channels) + len(names) > limit:  # (else there is room, whichever are new)
             new = sum(1 for name in names if name not in self.channels)
             if new and len(self.channels) + new > limit and self.buffers_are_cache:
                 self._reclaim_unsubscribed(len(self.channels) + new - limit)

@@ -47,16 +47,12 @@ class OriginPolicy:
                 )
         self.any = "*" in listed
         self.origins = {_parse_origin(origin) for origin in listed if origin != "*"}
+        self.cors = self.any or bool(self.origins)  # whether any other origin gets CORS headers at all
         self.preflight = (
             b"Access-Control-Allow-Methods: GET, POST, DELETE, OPTIONS\r\n"
             b"Access-Control-Allow-Headers: Content-Type, Authorization, Last-Event-ID\r\n"
             b"Access-Control-Max-Age: 600\r\n"
         )
-
-    @property
-    def cors(self) -> bool:
-        """Whether any other origin gets CORS headers at all."""
-        return self.any or bool(self.origins)
 
     def listed(self, origin: str) -> bool:
         return _parse_origin(origin) in self.origins
