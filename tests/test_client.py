@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 from conftest import ServerProcess, free_port, subscribers, wait_until
 
-from tidings.client import AsyncClient, ChannelDeleted, Client, Message, TidingsError
+from tidings.client import AsyncClient, ChannelDeleted, Client, Message, RequestRefused
 
 
 @pytest.mark.parametrize("transport", ["longpoll", "sse", "ws"])
@@ -75,7 +75,7 @@ def test_blocking_client_and_missed_messages(start_server: Callable[..., ServerP
         assert [m.data for m in (next(messages), next(messages))] == ["b", "c"]
         assert gaps == [[channel]]
         messages.close()
-        with pytest.raises(TidingsError) as refused:
+        with pytest.raises(RequestRefused) as refused:
             client.publish("bad name!", 1)
         assert refused.value.status == 400 and refused.value.error == "invalid_channel"
 
@@ -100,3 +100,11 @@ def test_deleting_a_channel_ends_a_subscription_naming_it(server: ServerProcess,
             assert deleted.value.channel == channel
 
     asyncio.run(scenario())
+
+
+def test_the_old_name_of_request_refused_still_works_and_warns() -> None:
+    import tidings.client
+
+    with pytest.warns(DeprecationWarning, match="RequestRefused"):
+        old = tidings.client.TidingsError  # type: ignore[attr-defined]
+    assert old is RequestRefused

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import pytest
 
+from tidings.errors import BuffersFull, InvalidChannel, InvalidCursor, TooManyChannels
 from tidings.hub import (
     FRAMING_OVERHEAD,
     MESSAGE_OVERHEAD,
     NOW,
-    BuffersFull,
     Cursor,
     Hub,
-    InvalidChannel,
-    InvalidCursor,
     Message,
     MessageId,
-    TooManyChannels,
     cursor_token,
     parse_channels,
 )

@@ -108,7 +108,7 @@ class HttpPublisher:
     def publish(self, channel: str, message: str, as_json: bool) -> dict[str, Any]:
         import httpx
 
-        from tidings.client import TidingsError
+        from tidings.client import RequestRefused
 
         try:
             data = json.loads(message) if as_json else message
@@ -118,7 +118,7 @@ class HttpPublisher:
             result = self.client.publish(channel, data)
         except httpx.TransportError as exc:
             raise Failure(f"cannot reach {self.url}: {exc or type(exc).__name__}") from None
-        except TidingsError as exc:
+        except RequestRefused as exc:
             raise Failure(str(exc)) from None
         return {"id": result.id, "channel": result.channel, "subscribers": result.subscribers}
 
@@ -140,14 +140,14 @@ class RedisPublisher:
         self.runner = asyncio.Runner()
 
     def publish(self, channel: str, message: str, as_json: bool) -> dict[str, Any]:
-        from tidings.brokers import BrokerUnavailable
-        from tidings.hub import TidingsError, encode_json, validate_channel
+        from tidings.errors import TidingsError
+        from tidings.hub import encode_json, validate_channel
 
         try:
             data = json.loads(message) if as_json else message
             validate_channel(channel)
             ident, subscribers = self.runner.run(self.store.publish(channel, encode_json(data)))
-        except (ValueError, TidingsError, BrokerUnavailable) as exc:
+        except (ValueError, TidingsError) as exc:  # not JSON, a bad channel name, Redis away
             raise Failure(str(exc)) from None
         return {"id": str(ident), "channel": channel, "subscribers": subscribers}
 
@@ -185,7 +185,7 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
     """Print each message as a JSON line; `tidings.client` keeps the cursor across reconnects."""
     import logging
 
-    from tidings.client import ChannelDeleted, Client, TidingsError
+    from tidings.client import ChannelDeleted, Client, RequestRefused
 
     # The client reports reconnects and gaps through logging: one line each on stderr.
     handler = logging.StreamHandler(sys.stderr)
@@ -208,7 +208,7 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
         except ChannelDeleted as exc:
             print(f"tidings: {exc}", file=sys.stderr)
             return 0
-        except TidingsError as exc:
+        except RequestRefused as exc:
             raise Failure(str(exc)) from None
     return 0
 

@@ -13,7 +13,7 @@ A subscription resumes from its cursor across dropped connections and server res
 (back-off 0.5 s doubling to 30 s). When the server says messages after the cursor are gone
 (`gap`), `on_gap(channels)` is called (without one, a warning is logged) and the messages that
 follow the gap are yielded as usual. A deleted channel ends the subscription with
-`ChannelDeleted`; a refused request raises `TidingsError`.
+`ChannelDeleted`; a refused request raises `RequestRefused`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import warnings
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
@@ -53,8 +54,8 @@ class PublishResult:
     subscribers: int
 
 
-class TidingsError(Exception):
-    """The server refused a request: `status`, the error code and its detail."""
+class RequestRefused(Exception):
+    """The server refused a request: `status`, the error code and its detail (its JSON error body)."""
 
     def __init__(self, status: int, error: str, detail: object) -> None:
         super().__init__(f"{status} {error}: {detail}")
@@ -71,12 +72,12 @@ def _message(raw: dict[str, Any], cursor: str) -> Message:
     return Message(raw.get("id"), raw["channel"], raw.get("data"), raw.get("time", 0), cursor)
 
 
-def _error(response: httpx.Response) -> TidingsError:
+def _error(response: httpx.Response) -> RequestRefused:
     try:
         body = response.json()
-        return TidingsError(response.status_code, body.get("error", "error"), body.get("detail"))
+        return RequestRefused(response.status_code, body.get("error", "error"), body.get("detail"))
     except ValueError:
-        return TidingsError(response.status_code, "error", response.text[:200])
+        return RequestRefused(response.status_code, "error", response.text[:200])
 
 
 class AsyncClient:
@@ -259,11 +260,20 @@ async def _make(url: str, timeout: float, token: str | None) -> AsyncClient:
     return AsyncClient(url, timeout, token)
 
 
+def __getattr__(name: str) -> Any:
+    # The name this exception had in 0.1.0 (in the README), kept working for a while:
+    # `tidings.errors.TidingsError` is the server's base class, not this.
+    if name == "TidingsError":
+        warnings.warn("tidings.client.TidingsError is now RequestRefused", DeprecationWarning, stacklevel=2)
+        return RequestRefused
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "AsyncClient",
     "ChannelDeleted",
     "Client",
     "Message",
     "PublishResult",
-    "TidingsError",
+    "RequestRefused",
 ]

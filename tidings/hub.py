@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple, Protocol
 
+from tidings.errors import BuffersFull, InvalidChannel, InvalidCursor, TooManyChannels
+
 JSONValue = Any
 """A value that `json.dumps` accepts."""
 
@@ -33,43 +35,6 @@ TOMBSTONE_LIMIT: Final = 100_000
 # within 10%; see `Message.cost`).
 MESSAGE_OVERHEAD: Final = 400
 FRAMING_OVERHEAD: Final = 64
-
-
-class TidingsError(ValueError):
-    """Bad input from a client; `code` names the problem, the message explains it."""
-
-    code = "bad_request"
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail)
-        self.detail = detail
-
-
-class InvalidChannel(TidingsError):
-    code = "invalid_channel"
-
-
-class InvalidCursor(TidingsError):
-    code = "invalid_cursor"
-
-
-class OverCapacity(Exception):
-    """Storing more would take this process past one of its memory caps (`Hub.max_channels`,
-    `Hub.max_buffered_bytes`); `code` names the cap."""
-
-    code = "over_capacity"
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail)
-        self.detail = detail
-
-
-class TooManyChannels(OverCapacity):
-    code = "too_many_channels"
-
-
-class BuffersFull(OverCapacity):
-    code = "buffers_full"
 
 
 def validate_channel(name: str) -> str:

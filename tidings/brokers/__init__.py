@@ -1,6 +1,6 @@
 """Message buses behind one interface; the hub never knows which one is in use."""
 
-from tidings.brokers.base import Broker, BrokerUnavailable, Published
+from tidings.brokers.base import Broker, Published
 from tidings.config import Settings
 from tidings.hub import Hub
 
@@ -28,4 +28,4 @@ def create_broker(settings: Settings, hub: Hub) -> Broker:
     raise ValueError(f"unknown broker {url!r} (supported: memory, redis://host:port/db, zmq://host:port1,port2)")
 
 
-__all__ = ["Broker", "BrokerUnavailable", "Published", "create_broker"]
+__all__ = ["Broker", "Published", "create_broker"]

@@ -37,10 +37,6 @@ def foreign_data(payload: bytes) -> JSONValue:
     return text
 
 
-class BrokerUnavailable(RuntimeError):
-    """The bus cannot take a publish right now (the HTTP edge answers 503)."""
-
-
 @dataclass(frozen=True, slots=True)
 class Published:
     id: MessageId

@@ -34,13 +34,13 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from tidings.brokers.base import Broker, BrokerUnavailable, Published, cancel_all, foreign_data
+from tidings.brokers.base import Broker, Published, cancel_all, foreign_data
+from tidings.errors import BrokerUnavailable, InvalidChannel
 from tidings.hub import (
     ZERO_ID,
     ChannelInfo,
     Cursor,
     Hub,
-    InvalidChannel,
     JSONValue,
     Message,
     MessageId,

@@ -31,7 +31,8 @@ import zmq
 import zmq.asyncio
 
 from tidings.brokers.base import Broker, Published, cancel_all, foreign_data
-from tidings.hub import Hub, InvalidChannel, JSONValue, Message, MessageId, encode_json, validate_channel, wall_clock_ms
+from tidings.errors import InvalidChannel
+from tidings.hub import Hub, JSONValue, Message, MessageId, encode_json, validate_channel, wall_clock_ms
 
 log = logging.getLogger("tidings.zmq")
 

@@ -9,18 +9,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tidings.auth import Auth
-from tidings.brokers import Broker, BrokerUnavailable
+from tidings.brokers import Broker
 from tidings.config import Settings
-from tidings.hub import (
-    DEFAULT_BATCH,
-    Batch,
-    Cursor,
-    Hub,
-    OverCapacity,
-    TidingsError,
-    parse_channels,
-    wall_clock_ms,
-)
+from tidings.errors import BrokerUnavailable, InvalidInput, OverCapacity
+from tidings.hub import DEFAULT_BATCH, Batch, Cursor, Hub, parse_channels, wall_clock_ms
 from tidings.web import info, longpoll, metrics, openapi, publish, sse, static, stream, websocket
 from tidings.web.batch import TurnBatcher
 from tidings.web.forwarded import ForwardedHeaders
@@ -215,7 +207,7 @@ class App:
                     return
         try:
             self._route(request, conn)
-        except TidingsError as exc:
+        except InvalidInput as exc:
             raise HttpError(400, exc.code, exc.detail) from None
 
     def check_origin(self, request: Request) -> None:

@@ -22,6 +22,8 @@ from urllib.parse import unquote
 
 import httptools
 
+from tidings.errors import TidingsError
+
 log = logging.getLogger("tidings.http")
 access_log = logging.getLogger("tidings.access")
 
@@ -93,14 +95,16 @@ class Request:
         return [item for item in items if item]
 
 
-class HttpError(Exception):
-    """Answer with a JSON error and, when `close`, drop the connection afterwards."""
+class HttpError(TidingsError):
+    """Answer `status` with the JSON error `code` and, when `close`, drop the connection
+    afterwards. The errors of the core (`tidings.errors`) know no statuses; this one is what
+    exists only at the HTTP edge (a method not allowed, headers too large, a bad handshake)
+    and what the web layer makes of the core's when it answers."""
 
-    def __init__(self, status: int, error: str, detail: str, close: bool = False, headers: bytes = b"") -> None:
+    def __init__(self, status: int, code: str, detail: str, close: bool = False, headers: bytes = b"") -> None:
         super().__init__(detail)
         self.status = status
-        self.error = error
-        self.detail = detail
+        self.code = code
         self.close = close
         self.headers = headers  # extra header lines, each ending in CRLF (e.g. Allow on a 405)
 
@@ -442,7 +446,7 @@ class HttpConnection(asyncio.Protocol):
     def respond_error(self, error: HttpError) -> None:
         if error.close:
             self.stopping = True
-        self.respond(error.status, error_body(error.error, error.detail), extra_headers=error.headers)
+        self.respond(error.status, error_body(error.code, error.detail), extra_headers=error.headers)
 
     def hold(self, held: Held) -> None:
         self.held = held
@@ -545,7 +549,7 @@ class HttpConnection(asyncio.Protocol):
     def refuse(self, error: HttpError) -> None:
         """Answer before any request was read (e.g. too many connections), then close."""
         if self.transport is not None and self.state == _IDLE:
-            self.transport.write(response_bytes(error.status, error_body(error.error, error.detail), keep_alive=False))
+            self.transport.write(response_bytes(error.status, error_body(error.code, error.detail), keep_alive=False))
         self.close()
 
     def close(self) -> None:

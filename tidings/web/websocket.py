@@ -30,16 +30,8 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from tidings.brokers import Published
-from tidings.hub import (
-    MAX_CHANNELS_PER_REQUEST,
-    ZERO_ID,
-    Batch,
-    Cursor,
-    Message,
-    TidingsError,
-    encode_json,
-    validate_channel,
-)
+from tidings.errors import TidingsError
+from tidings.hub import MAX_CHANNELS_PER_REQUEST, ZERO_ID, Batch, Cursor, Message, encode_json, validate_channel
 from tidings.web import params
 from tidings.web.http import HttpConnection, HttpError, Request
 from tidings.web.streaming import Stream, StreamFormat
@@ -156,13 +148,11 @@ class WebSocketStream(Stream):
                 self._unsubscribe(_channel_list(command["unsubscribe"]))
             else:
                 raise HttpError(400, "invalid_command", "a frame is a JSON object: publish, subscribe or unsubscribe")
-        except HttpError as exc:
-            if exc.error in _AUTH_ERRORS:  # documented: 4401 no or bad token, 4403 not allowed
-                self._close(4000 + exc.status, f"{exc.error}: {exc.detail}"[:120])
-            else:
-                self._error(exc.error, exc.detail)
         except TidingsError as exc:
-            self._error(exc.code, exc.detail)
+            if isinstance(exc, HttpError) and exc.code in _AUTH_ERRORS:  # documented: 4401 no/bad token, 4403 denied
+                self._close(4000 + exc.status, f"{exc.code}: {exc.detail}"[:120])
+            else:
+                self._error(exc.code, exc.detail)
 
     # -- commands
 

@@ -1,0 +1,76 @@
+"""Every error the server raises on purpose, in one hierarchy.
+
+Each carries `code` (what a client sees as `"error"`, e.g. ``invalid_cursor``) and `detail` (a
+sentence). Nothing here knows about HTTP: the web layer gives each kind its status (invalid input
+400, a memory cap 507, the bus away 503) and adds errors of its own that exist only there
+(`tidings.web.http.HttpError`: a status, response headers, whether to close the connection).
+
+    TidingsError
+    ├── InvalidInput          a request names a bad channel or cursor (also a ValueError)
+    │   ├── InvalidChannel
+    │   └── InvalidCursor
+    ├── OverCapacity          storing more would pass a memory cap of this process
+    │   ├── TooManyChannels
+    │   └── BuffersFull
+    ├── BrokerUnavailable     the bus cannot take a publish right now
+    └── HttpError             (tidings.web.http) an answer only HTTP has words for
+"""
+
+from __future__ import annotations
+
+
+class TidingsError(Exception):
+    """`code` names the problem for programs, `detail` explains it to people."""
+
+    code = "error"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class InvalidInput(TidingsError, ValueError):
+    """Bad input from a client. (A ValueError too: parsing code catches those alike.)"""
+
+    code = "bad_request"
+
+
+class InvalidChannel(InvalidInput):
+    code = "invalid_channel"
+
+
+class InvalidCursor(InvalidInput):
+    code = "invalid_cursor"
+
+
+class OverCapacity(TidingsError):
+    """Storing more would take this process past one of its memory caps (`Hub.max_channels`,
+    `Hub.max_buffered_bytes`); `code` names the cap."""
+
+    code = "over_capacity"
+
+
+class TooManyChannels(OverCapacity):
+    code = "too_many_channels"
+
+
+class BuffersFull(OverCapacity):
+    code = "buffers_full"
+
+
+class BrokerUnavailable(TidingsError):
+    """The bus cannot take a publish right now."""
+
+    code = "broker_unavailable"
+
+
+__all__ = [
+    "BrokerUnavailable",
+    "BuffersFull",
+    "InvalidChannel",
+    "InvalidCursor",
+    "InvalidInput",
+    "OverCapacity",
+    "TidingsError",
+    "TooManyChannels",
+]
