@@ -13,6 +13,7 @@ from tidings.hub import (
     Hub,
     Message,
     MessageId,
+    already_seen,
     cursor_token,
     parse_channels,
 )
@@ -309,6 +310,14 @@ def test_following_a_bus_a_cursor_ahead_of_the_hub_is_kept() -> None:
     # Without a bus, a cursor ahead means the clock went back: continue from the hub's last id.
     alone = Hub(now_ms=T0)
     assert alone.read(["c"], ahead, T0 + 1).positions == {"c": MessageId(T0, 0)}
+
+
+def test_already_seen_is_up_to_the_cursor_of_the_message_channel_and_never_live() -> None:
+    at = {"c": MessageId(T0 + 5, 0)}
+    assert already_seen(Message(MessageId(T0 + 5, 0), "c", "had", T0 + 5), at)
+    assert not already_seen(Message(MessageId(T0 + 5, 1), "c", "new", T0 + 5), at)
+    assert not already_seen(Message(MessageId(T0 + 1, 0), "other", "new", T0 + 1), at)
+    assert not already_seen(Message(MessageId(T0 + 5, 0), "c", "passing", T0 + 5, live=True), at)
 
 
 def test_a_message_after_a_loss_makes_older_cursors_gaps() -> None:

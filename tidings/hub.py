@@ -17,7 +17,7 @@ import json
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple, Protocol
 
@@ -220,10 +220,17 @@ def cursor_token(channels: Sequence[str], positions: dict[str, MessageId]) -> st
     return ",".join(f"{name}:{positions[name]}" for name in channels)
 
 
+def already_seen(message: Message, positions: Mapping[str, MessageId]) -> bool:
+    """Whether a subscriber whose cursor stands at `positions` has `message` already: it was
+    sent to it, or the client's cursor was ahead of this process (see `Hub.follows_bus`). A
+    live message has no id of its own and is never seen before."""
+    return not message.live and message.id <= positions.get(message.channel, ZERO_ID)
+
+
 class Waiter(Protocol):
     """A one-shot subscriber (a held long-poll): woken by the first message on any of its
     channels, after which the hub has already removed it from that channel — unless `wake`
-    returns False (a message it has already seen, see `Hub.follows_bus`): it then stays."""
+    returns False (a message it has already seen, see `already_seen`): it then stays."""
 
     def wake(self, message: Message) -> bool: ...
 

@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from tidings.hub import ZERO_ID, Batch, Message, MessageId, cursor_token
+from tidings.hub import Batch, Message, MessageId, already_seen, cursor_token
 from tidings.web.http import chunk
 
 if TYPE_CHECKING:
@@ -127,8 +127,8 @@ class Stream:
         self.pending.append(framed)
 
     def deliver(self, message: Message) -> None:
-        if message.id <= self.seen_to.get(message.channel, ZERO_ID) and not message.live:
-            return  # sent already, or the client had it (its cursor was ahead of this process)
+        if already_seen(message, self.seen_to):
+            return
         if message.after_loss:
             self.app.stats.gaps_served += 1
             self.push(self.fmt.event("gap", {"channels": [message.channel]}))
