@@ -306,8 +306,7 @@ class Channel:
         message.tally = self.tally
         self.tally.bytes += message.cost
         self.last_id = message.id
-        while len(ring) > size:
-            self._drop_oldest(ring)
+        self._trim(ring, size)
 
     def prepend(self, older: Sequence[Message], horizon: MessageId, size: int) -> None:
         """Put `older` (oldest first, all older than the ring) back in front of the ring: every
@@ -320,6 +319,10 @@ class Channel:
             self.tally.bytes += message.cost
         ring.extendleft(reversed(older))
         self.horizon = horizon
+        self._trim(ring, size)
+
+    def _trim(self, ring: deque[Message], size: int) -> None:
+        """Keep the newest `size` messages."""
         while len(ring) > size:
             self._drop_oldest(ring)
 
