@@ -277,14 +277,12 @@ def cmd_zmq_proxy(args: argparse.Namespace) -> int:
     """The forwarder: pyzmq's own device between an XSUB and an XPUB socket."""
     import zmq
 
-    from tidings.brokers.zmq import HIGH_WATER_MARK
+    from tidings.brokers.zmq import set_socket_options
 
     context = zmq.Context()
     frontend, backend = context.socket(zmq.XSUB), context.socket(zmq.XPUB)
     for sock in (frontend, backend):
-        sock.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
-        sock.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
-        sock.setsockopt(zmq.LINGER, 0)
+        set_socket_options(sock)
     try:
         frontend.bind(args.frontend)
         backend.bind(args.backend)

@@ -1,5 +1,6 @@
 """The embedded default: one process, nothing to install or run. The hub's own ring
-buffers are the history and the hub assigns ids."""
+buffers are the history and the hub assigns ids. (The ZeroMQ broker is this one with a
+forwarder between processes.)"""
 
 from __future__ import annotations
 

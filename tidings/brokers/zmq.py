@@ -26,11 +26,13 @@ import contextlib
 import json
 import logging
 import secrets
+from typing import Any
 
 import zmq
 import zmq.asyncio
 
-from tidings.brokers.base import Broker, Published, cancel_all, foreign_data
+from tidings.brokers.base import Published, cancel_all, foreign_data
+from tidings.brokers.memory import MemoryBroker
 from tidings.errors import InvalidChannel
 from tidings.hub import Hub, JSONValue, Message, MessageId, encode_json, validate_channel, wall_clock_ms
 
@@ -58,7 +60,18 @@ def parse_url(url: str) -> tuple[str, str]:
     return front, back
 
 
-class ZmqBroker(Broker):
+def set_socket_options(sock: zmq.Socket[Any]) -> None:
+    """What every socket on the bus is set to, the forwarder's (`tidings zmq-proxy`) too: queue
+    up to HIGH_WATER_MARK messages per peer, and drop what is still unsent at close."""
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
+    sock.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
+
+
+class ZmqBroker(MemoryBroker):
+    """The in-memory broker (this process numbers and buffers what it holds; deleting reaches
+    this process's subscribers), and a forwarder that carries publishes between processes."""
+
     name = "zmq"
     needs_activation = True
 
@@ -70,9 +83,7 @@ class ZmqBroker(Broker):
         self.pub = self.context.socket(zmq.PUB)
         self.sub = self.context.socket(zmq.SUB)
         for sock in (self.pub, self.sub):
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
-            sock.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
+            set_socket_options(sock)
         self.sent: dict[str, int] = {}  # our sequence number per channel
         self.seen: dict[tuple[bytes, str], int] = {}  # (publisher, channel) -> last sequence number
         self.active: dict[str, asyncio.Future[None]] = {}  # channels subscribed (done once probed)
@@ -106,16 +117,10 @@ class ZmqBroker(Broker):
     def publish(self, channel: str, data: JSONValue) -> Published:
         # Delivered here at once (this process's numbering), and to the other processes through
         # the forwarder; a forwarder that is away only costs the others this message.
-        now = wall_clock_ms()
-        message = self.hub.make_message(channel, data, now)
-        reached = self.hub.ingest(message, now)
+        published = super().publish(channel, data)
         seq = self.sent[channel] = self.sent.get(channel, 0) + 1
         self._send(channel, encode_json(data), b"%s %d" % (self.node.encode(), seq))
-        return Published(message.id, channel, reached)
-
-    def delete(self, channel: str) -> int | None:
-        # History is per process here; deleting reaches this process's subscribers.
-        return self.hub.delete(channel)
+        return published
 
     def _send(self, channel: str, payload: bytes, meta: bytes) -> None:
         with contextlib.suppress(zmq.Again):  # a PUB socket drops rather than block
@@ -226,4 +231,4 @@ class ZmqBroker(Broker):
         self.hub.ingest(Message(self.hub.next_id(channel, now), channel, data, now, after_loss=after_loss), now)
 
 
-__all__ = ["ZmqBroker", "parse_url"]
+__all__ = ["ZmqBroker", "parse_url", "set_socket_options"]
