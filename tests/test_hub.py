@@ -457,8 +457,7 @@ def test_messages_from_the_bus_are_kept_only_as_far_as_they_fit() -> None:
 def test_a_cache_at_the_channel_cap_makes_way_for_a_newcomer() -> None:
     # Bus traffic keeps a cache full; a new subscriber must not be refused while cached
     # channels nobody here subscribes to could go.
-    hub = Hub(now_ms=T0, max_channels=3, follows_bus=True)
-    hub.buffers_are_cache = True
+    hub = Hub(now_ms=T0, max_channels=3, follows_bus=True, buffers_are_cache=True)
     hub.join(["kept"], Recorder())
     for i in range(3):
         hub.ingest(Message(MessageId(T0 + 1 + i, 0), f"c{i}", i, T0 + 1 + i), T0 + 5)
@@ -471,8 +470,7 @@ def test_a_cache_at_the_channel_cap_makes_way_for_a_newcomer() -> None:
 
 
 def test_a_cache_at_a_cap_gives_back_what_it_caches_on_sweep() -> None:
-    hub = Hub(now_ms=T0, max_channels=10, follows_bus=True)
-    hub.buffers_are_cache = True
+    hub = Hub(now_ms=T0, max_channels=10, follows_bus=True, buffers_are_cache=True)
     for i in range(12):
         hub.ingest(Message(MessageId(T0 + 1 + i, 0), f"c{i}", i, T0 + 1 + i), T0 + 20)
     assert len(hub.channels) == 10  # c10 and c11 were not taken

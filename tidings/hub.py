@@ -393,6 +393,7 @@ class Hub:
         buffer_ttl: float = 3600.0,
         now_ms: int,
         follows_bus: bool = False,
+        buffers_are_cache: bool = False,
         max_channels: int = 0,
         max_buffered_bytes: int = 0,
     ) -> None:
@@ -405,7 +406,7 @@ class Hub:
         self.buffer_size = buffer_size
         self.ttl_ms = int(buffer_ttl * 1000)
         self.follows_bus = follows_bus
-        self.buffers_are_cache = False
+        self.buffers_are_cache = buffers_are_cache
         self.max_channels = max_channels
         self.max_buffered_bytes = max_buffered_bytes
         self.channels: dict[str, Channel] = {}

@@ -14,7 +14,6 @@ from collections.abc import Callable
 
 from tidings.brokers import create_broker
 from tidings.config import Settings
-from tidings.hub import Hub, wall_clock_ms
 from tidings.web.app import App
 from tidings.web.http import connection_factory
 
@@ -34,15 +33,8 @@ def raise_fd_limit() -> None:
 
 async def serve(settings: Settings, on_ready: Callable[[str, int], None] | None = None) -> None:
     loop = asyncio.get_running_loop()
-    hub = Hub(
-        buffer_size=settings.buffer_size,
-        buffer_ttl=settings.buffer_ttl,
-        now_ms=wall_clock_ms(),
-        max_channels=settings.max_channels,
-        max_buffered_bytes=settings.max_buffered_bytes,
-    )
-    broker = create_broker(settings, hub)
-    app = App(settings, hub, broker, loop)  # first: a bad setting fails before the broker connects
+    broker = create_broker(settings)
+    app = App(settings, broker.hub, broker, loop)  # first: a bad setting fails before the broker connects
     server = await _bind(app, loop, settings)  # then a taken port, before the broker connects
     await broker.start()
     await server.start_serving()

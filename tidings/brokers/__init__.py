@@ -2,13 +2,13 @@
 
 from tidings.brokers.base import Broker, Published
 from tidings.config import Settings
-from tidings.hub import Hub
+from tidings.hub import Hub, wall_clock_ms
 
 
-def create_broker(settings: Settings, hub: Hub) -> Broker:
-    """The broker `settings.broker` names: ``memory`` (the default, embedded), a Redis URL
-    (``redis://host:port/db``, ``rediss://``, ``unix://``) or a ZeroMQ forwarder
-    (``zmq://host:port1,port2``, ``zmq:ENDPOINT1,ENDPOINT2``)."""
+def create_broker(settings: Settings) -> Broker:
+    """The broker `settings.broker` names, feeding a new hub made for it (`broker.hub`):
+    ``memory`` (the default, embedded), a Redis URL (``redis://host:port/db``, ``rediss://``,
+    ``unix://``) or a ZeroMQ forwarder (``zmq://host:port1,port2``, ``zmq:ENDPOINT1,ENDPOINT2``)."""
     url = settings.broker
     redis = url.startswith(("redis://", "rediss://", "unix://"))
     if settings.redis_subscribe and not redis:
@@ -16,16 +16,29 @@ def create_broker(settings: Settings, hub: Hub) -> Broker:
     if url in ("memory", "memory://"):
         from tidings.brokers.memory import MemoryBroker
 
-        return MemoryBroker(hub)
+        return MemoryBroker(_hub(settings, MemoryBroker))
     if redis:
         from tidings.brokers.redis import RedisBroker
 
-        return RedisBroker(hub, url, settings.redis_prefix, settings.redis_subscribe)
+        return RedisBroker(_hub(settings, RedisBroker), url, settings.redis_prefix, settings.redis_subscribe)
     if url.startswith("zmq:"):
         from tidings.brokers.zmq import ZmqBroker
 
-        return ZmqBroker(hub, url)
+        return ZmqBroker(_hub(settings, ZmqBroker), url)
     raise ValueError(f"unknown broker {url!r} (supported: memory, redis://host:port/db, zmq://host:port1,port2)")
+
+
+def _hub(settings: Settings, broker: type[Broker]) -> Hub:
+    """This process's hub, set for the broker that will feed it (see `Hub`)."""
+    return Hub(
+        buffer_size=settings.buffer_size,
+        buffer_ttl=settings.buffer_ttl,
+        now_ms=wall_clock_ms(),
+        follows_bus=broker.follows_bus,
+        buffers_are_cache=broker.keeps_history,
+        max_channels=settings.max_channels,
+        max_buffered_bytes=settings.max_buffered_bytes,
+    )
 
 
 __all__ = ["Broker", "Published", "create_broker"]

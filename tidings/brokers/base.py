@@ -78,8 +78,12 @@ class Broker(ABC):
         return self.hub.info(channel, now_ms)
 
     # A broker that keeps history of its own (beyond this process's buffers) fills in
-    # reads the hub cannot answer completely.
+    # reads the hub cannot answer completely; the hub's buffers are then a cache of it.
     keeps_history = False
+
+    # A broker whose ids are the same in every process: a client may hold a cursor from a
+    # process ahead of this one (see `Hub.follows_bus`).
+    follows_bus = False
 
     async def fill(self, channels: list[str], cursor: Cursor) -> None:
         """Load the history after `cursor` on `channels` into the hub (`Hub.backfill`)."""

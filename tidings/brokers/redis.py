@@ -293,12 +293,11 @@ class RedisStore:
 
 class RedisBroker(Broker):
     name = "redis"
-    keeps_history = True
+    keeps_history = True  # every buffered message is in Redis too
+    follows_bus = True  # ids are Redis's: clients may hold cursors from processes ahead of this one
 
     def __init__(self, hub: Hub, url: str, prefix: str = DEFAULT_PREFIX, plain: str = "") -> None:
         super().__init__(hub)
-        hub.follows_bus = True  # clients may hold cursors from processes ahead of this one
-        hub.buffers_are_cache = True  # every buffered message is in Redis too
         self.store = RedisStore(url, prefix, hub.buffer_size, hub.ttl_ms / 1000)
         self.plain = PlainChannels(plain, prefix)
         self._own_topics = prefix.encode()
