@@ -19,7 +19,6 @@ is not JSON with 1007, a frame over the message size limit with 1009, a slow cli
 from __future__ import annotations
 
 import json
-import logging
 from typing import TYPE_CHECKING
 
 from websockets.datastructures import Headers
@@ -39,8 +38,6 @@ from tidings.web.streaming import Stream, StreamFormat
 if TYPE_CHECKING:
     from tidings.web.app import App
 
-log = logging.getLogger("tidings.ws")
-
 
 def text_frame(payload: bytes) -> bytes:
     return Frame(Opcode.TEXT, payload).serialize(mask=False)
@@ -53,9 +50,6 @@ class WebSocketFormat(StreamFormat):
 
     def message_with_cursor(self, message: Message, token: str) -> bytes:
         return text_frame(b'{"type":"message","last_id":"%s","message":%s}' % (token.encode(), message.json))
-
-    def message_chunk(self, message: Message) -> bytes:
-        return self.message(message)  # never chunked
 
     def event(self, name: str, payload: dict[str, object]) -> bytes:
         return text_frame(encode_json({"type": name, **payload}))
