@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 from conftest import ServerProcess, subscribers, wait_until
 from rawhttp import Connection
 from websockets.asyncio.client import ClientConnection, connect
@@ -130,33 +131,56 @@ def test_the_server_pings_and_deleting_a_channel_keeps_the_socket(
     asyncio.run(scenario())
 
 
+async def _stall(srv: ServerProcess, channel: str) -> bytes:
+    """A socket on `channel` that stops reading, flooded until the server drops it (a server with
+    a small --stream-buffer-bytes): the last bytes the server sent it."""
+    sock = await _raw_socket(srv, f"/ws/{channel}", receive_buffer=4096)
+    with httpx.Client(base_url=srv.url, timeout=10) as client:
+        wait_until(lambda: subscribers(client, channel) == 1, 5, "the socket to subscribe")
+        publisher = await Connection.open(srv.host, srv.port)
+        payload = json.dumps("x" * 60000).encode()
+        async with asyncio.timeout(20):
+            for _ in range(400):  # far more than socket buffers and the cap hold
+                await publisher.request("POST", f"/pub/{channel}", payload, {"Content-Type": "application/json"})
+                if subscribers(client, channel) == 0:
+                    break
+        assert subscribers(client, channel) == 0, "the stalled socket was never dropped"
+        publisher.close()
+    reader, writer = await asyncio.open_connection(sock=sock)
+    tail = b""
+    async with asyncio.timeout(10):
+        while chunk := await reader.read(1 << 20):
+            tail = (tail + chunk)[-4096:]
+    writer.close()
+    return tail
+
+
 def test_a_socket_that_stops_reading_is_closed_not_buffered_forever(
     start_server: Callable[..., ServerProcess], channel: str
 ) -> None:
     srv = start_server("--stream-buffer-bytes", "65536")
+    tail = asyncio.run(_stall(srv, channel))
+    assert b'"type":"slow"' in tail and b"\x88" in tail  # the notice, then a close frame
 
-    async def scenario() -> None:
-        sock = await _raw_socket(srv, f"/ws/{channel}", receive_buffer=4096)
-        with httpx.Client(base_url=srv.url, timeout=10) as client:
-            wait_until(lambda: subscribers(client, channel) == 1, 5, "the socket to subscribe")
-            publisher = await Connection.open(srv.host, srv.port)
-            payload = json.dumps("x" * 60000).encode()
-            async with asyncio.timeout(20):
-                for _ in range(400):  # far more than socket buffers and the cap hold
-                    await publisher.request("POST", f"/pub/{channel}", payload, {"Content-Type": "application/json"})
-                    if subscribers(client, channel) == 0:
-                        break
-            assert subscribers(client, channel) == 0, "the stalled socket was never dropped"
-            publisher.close()
-        reader, writer = await asyncio.open_connection(sock=sock)
-        tail = b""
-        async with asyncio.timeout(10):
-            while chunk := await reader.read(1 << 20):
-                tail = (tail + chunk)[-4096:]
-        assert b'"type":"slow"' in tail and b"\x88" in tail  # the notice, then a close frame
-        writer.close()
 
-    asyncio.run(scenario())
+def test_the_close_code_says_why_the_server_ended_the_socket(
+    start_server: Callable[..., ServerProcess], channel: str
+) -> None:
+    srv = start_server("--stream-buffer-bytes", "65536")
+    slow = asyncio.run(_stall(srv, channel))
+    # The last frame: close (0x88), 15 bytes: the code 1008 (policy violation) and the reason.
+    assert slow.endswith(b"\x88\x0f" + (1008).to_bytes(2, "big") + b"slow consumer")
+
+    async def shutdown() -> None:
+        async with connect(ws_url(srv, f"/ws/{channel}")) as ws:
+            await asyncio.to_thread(wait_until, lambda: _count(srv, channel) == 1, 5, "the socket to subscribe")
+            exited = asyncio.get_running_loop().run_in_executor(None, srv.terminate)
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), 5)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001  # going away
+            await exited
+
+    asyncio.run(shutdown())
 
 
 async def _raw_socket(srv: ServerProcess, path: str, receive_buffer: int = 0) -> socket.socket:

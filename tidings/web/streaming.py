@@ -151,12 +151,17 @@ class Stream:
         self._leave()
         self.app.stats.slow_disconnects += 1
         conn = self.conn
-        self.end(self.fmt.event("slow", {"detail": "the client did not keep up; resume from your cursor"}), slow=True)
+        self.end_slow(self.fmt.event("slow", {"detail": "the client did not keep up; resume from your cursor"}))
         self.app.loop.call_later(SLOW_CLOSE_GRACE, conn.abort)
 
-    def end(self, final: bytes = b"", slow: bool = False) -> None:
+    def end(self, final: bytes = b"") -> None:
         """End the stream after `final` (the transport may add its own goodbye)."""
         self.conn.end_stream(final)
+
+    def end_slow(self, final: bytes) -> None:
+        """End the stream of a client that did not keep up, after `final` (a transport with
+        a goodbye of its own says why)."""
+        self.end(final)
 
     def channel_closed(self, channel: str) -> None:
         self.flush()

@@ -206,9 +206,14 @@ class WebSocketStream(Stream):
         self._unsubscribe([channel])
         self.push(FORMAT.event("closed", {"channel": channel}))
 
-    def end(self, final: bytes = b"", slow: bool = False) -> None:
-        code = CloseCode.POLICY_VIOLATION if slow else CloseCode.GOING_AWAY
-        self._close(code, "slow consumer" if slow else "server shutting down")
+    def end(self, final: bytes = b"") -> None:
+        self._end_with_close(final, CloseCode.GOING_AWAY, "server shutting down")
+
+    def end_slow(self, final: bytes) -> None:
+        self._end_with_close(final, CloseCode.POLICY_VIOLATION, "slow consumer")
+
+    def _end_with_close(self, final: bytes, code: int, reason: str) -> None:
+        self._close(code, reason)
         self.conn.end_stream(final + b"".join(self.protocol.data_to_send()))
 
 
