@@ -81,7 +81,14 @@ class Relay:
             stats.refused += 1
             fail(error)
 
-        self._call(lambda: self.broker.publish(channel, data), accepted, refused)
+        # `_call` inlined: on the hot path a lambda and a call less save ~0.2 us per publish
+        # (~1.5% of an HTTP publish in bench.micro).
+        try:
+            result = self.broker.publish(channel, data)
+        except REFUSALS as exc:
+            refused(exc)
+            return
+        self._answer_now_or_later(result, accepted, refused)
 
     def delete(self, channel: str, answer: Callable[[int | None], None], fail: Fail) -> None:
         """Delete `channel` everywhere; answers with the number of subscribers told (None: it held nothing)."""
