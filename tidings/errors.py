@@ -13,6 +13,7 @@ sentence). Nothing here knows about HTTP: the web layer gives each kind its stat
     │   ├── TooManyChannels
     │   └── BuffersFull
     ├── BrokerUnavailable     the bus cannot take a publish right now
+    ├── BrokerFailed          a broker call failed otherwise (a bug, a broken bus)
     └── HttpError             (tidings.web.http) an answer only HTTP has words for
 """
 
@@ -64,7 +65,14 @@ class BrokerUnavailable(TidingsError):
     code = "broker_unavailable"
 
 
+class BrokerFailed(TidingsError):
+    """A broker call failed other than by refusing (a bug or a broken bus; logged where it happened)."""
+
+    code = "internal_error"
+
+
 __all__ = [
+    "BrokerFailed",
     "BrokerUnavailable",
     "BuffersFull",
     "InvalidChannel",

@@ -85,8 +85,8 @@ async def _drain(app: App, loop: asyncio.AbstractEventLoop, grace: float) -> Non
         await asyncio.sleep(0.02)
     for conn in list(app.connections):
         conn.abort()
-    if app.tasks:
-        await asyncio.wait(app.tasks, timeout=max(0.0, deadline - loop.time()))
+    if app.relay.tasks:
+        await asyncio.wait(app.relay.tasks, timeout=max(0.0, deadline - loop.time()))
 
 
 class JsonFormatter(logging.Formatter):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 
 import httpx
 from conftest import ServerProcess, scrape, wait_until
 from rawhttp import Connection
+from websockets.asyncio.client import connect
 
 
 def test_metrics_count_connections_subscribers_publishes_and_gaps(
@@ -37,5 +39,24 @@ def test_metrics_count_connections_subscribers_publishes_and_gaps(
         assert after[("tidings_publish_seconds_count", ())] == before[("tidings_publish_seconds_count", ())] + 1
         held.close()
         stream.close()
+
+    asyncio.run(scenario())
+
+
+def test_websocket_publishes_count_like_http_ones(start_server: Callable[..., ServerProcess], channel: str) -> None:
+    # One channel may be held: the first publish creates it, a publish to a second is refused.
+    srv = start_server("--max-channels", "1")
+
+    async def scenario() -> None:
+        before = scrape(srv)
+        async with connect(f"ws://{srv.host}:{srv.port}/ws") as ws:
+            await ws.send(json.dumps({"publish": {"channel": channel, "data": "accepted"}}))
+            assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "published"
+            await ws.send(json.dumps({"publish": {"channel": channel + "-b", "data": "refused"}}))
+            refused = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            assert refused["type"] == "error" and refused["error"] == "too_many_channels", refused
+        after = scrape(srv)
+        for name in ("tidings_publishes_total", "tidings_publish_errors_total", "tidings_publish_seconds_count"):
+            assert after[(name, ())] == before[(name, ())] + 1, name
 
     asyncio.run(scenario())

@@ -2,8 +2,9 @@
 
 A broker owns where ids come from and how a published message reaches every process;
 it hands each message to the local hub with `hub.ingest`, which delivers it to this
-process's subscribers. Transports talk to the hub for reading and waiting, and to the
-broker only to publish and delete.
+process's subscribers. Transports talk to the hub for joining and waiting, and to the
+broker only through the relay (`tidings/relay.py`), which handles its answers coming at
+once or as awaitables.
 """
 
 from __future__ import annotations

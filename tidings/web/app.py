@@ -1,40 +1,35 @@
-"""The application: routes requests to the transport modules and keeps what they share."""
+"""The application: routes requests to the transport modules and keeps what they share
+(`web/types.py` says what that is; this module implements it, and only the server imports it)."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
 
 from tidings.auth import Auth
 from tidings.brokers import Broker
 from tidings.config import Settings
-from tidings.errors import BrokerUnavailable, InvalidInput, OverCapacity
-from tidings.hub import DEFAULT_BATCH, Batch, Cursor, Hub, parse_channels, wall_clock_ms
+from tidings.errors import TidingsError
+from tidings.hub import Hub, parse_channels, wall_clock_ms
+from tidings.relay import Relay
 from tidings.web import info, longpoll, metrics, openapi, publish, sse, static, stream, websocket
 from tidings.web.batch import TurnBatcher
+from tidings.web.errors import http_error
 from tidings.web.forwarded import ForwardedHeaders
-from tidings.web.http import HttpConnection, HttpError, Limits, Request, error_body
+from tidings.web.http import HttpConnection, HttpError, Limits, Request
 from tidings.web.origin import OriginPolicy
-from tidings.web.streaming import StreamRegistry
+from tidings.web.registry import StreamRegistry
 from tidings.web.wheel import TimeoutWheel
-
-log = logging.getLogger("tidings")
-T = TypeVar("T")
-# A memory cap of this process reached (`OverCapacity`): not 503, the server is available (what
-# exists keeps working) and no honest Retry-After can be given; storage for this request is what
-# is missing.
-INSUFFICIENT_STORAGE = 507
 
 
 class App:
+    """Implements `tidings.web.types.Services` for the transports."""
+
     def __init__(self, settings: Settings, hub: Hub, broker: Broker, loop: asyncio.AbstractEventLoop) -> None:
         self.settings = settings
         self.hub = hub
-        self.broker = broker
         self.loop = loop
+        self.relay = Relay(hub, broker, loop)
         self.limits = Limits(
             max_url_bytes=settings.max_url_bytes,
             max_header_count=settings.max_header_count,
@@ -60,8 +55,7 @@ class App:
                 raise ValueError(f"--auth-public-key: cannot read {settings.auth_public_key}: {exc.strerror}") from None
             self.auth = Auth(settings.auth_secret, pem, settings.public_channels)
         self.stats = metrics.Stats()
-        self.metrics = metrics.Metrics(self)
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.metrics = metrics.Metrics(hub, self.relay, self.stats, self.connections)
         self._sweeper: asyncio.TimerHandle | None = None
 
     # -- lifecycle
@@ -93,105 +87,6 @@ class App:
     def connection_closed(self, conn: HttpConnection) -> None:
         self.connections.discard(conn)
 
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Run request work that must await (a publish through the broker)."""
-        task = self.loop.create_task(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    def call_broker(
-        self,
-        conn: HttpConnection,
-        call: Callable[[], T | Awaitable[T]],
-        answer: Callable[[T], None],
-        on_error: Callable[[int, str, str], None] | None = None,
-    ) -> None:
-        """Run a broker call and answer with its result: at once when the broker answered at
-        once, from a task when it returned an awaitable. Every failure gets an answer (by
-        default an HTTP error response; `on_error(status, error, detail)` otherwise)."""
-
-        def fail(status: int, error: str, detail: str) -> None:
-            if on_error is None:
-                conn.respond(status, error_body(error, detail))
-            else:
-                on_error(status, error, detail)
-
-        try:
-            result = call()
-        except BrokerUnavailable as exc:
-            fail(503, "broker_unavailable", str(exc))
-            return
-        except OverCapacity as exc:
-            fail(INSUFFICIENT_STORAGE, exc.code, exc.detail)
-            return
-        if isinstance(result, Awaitable):
-            self.spawn(self._answer_later(result, answer, fail))
-        else:
-            answer(result)
-
-    async def _answer_later(
-        self, pending: Awaitable[T], answer: Callable[[T], None], fail: Callable[[int, str, str], None]
-    ) -> None:
-        try:
-            result = await pending
-        except BrokerUnavailable as exc:
-            fail(503, "broker_unavailable", str(exc))
-            return
-        except Exception:
-            log.exception("broker call failed")
-            fail(500, "internal_error", "the broker call failed")
-            return
-        answer(result)
-
-    def read(
-        self,
-        conn: HttpConnection,
-        channels: tuple[str, ...],
-        cursor: Cursor,
-        then: Callable[[Batch], None],
-        limit: int | None = DEFAULT_BATCH,
-    ) -> None:
-        """Read after `cursor` and continue with `then(batch)`: at once from this process's
-        buffers, or — when they do not reach back to the cursor and the broker keeps history
-        — after the broker has filled them in. With the broker unreachable, the local answer
-        stands (a gap at worst)."""
-        broker = self.broker
-        if broker.needs_activation and not broker.ready(channels):
-            self.spawn(self._read_through(conn, channels, cursor, then, limit))
-            return
-        batch = self.hub.read(channels, cursor, wall_clock_ms(), limit)
-        if batch.incomplete and broker.keeps_history:
-            self.spawn(self._read_through(conn, channels, cursor, then, limit, batch.incomplete))
-        else:
-            then(batch)
-
-    async def _read_through(
-        self,
-        conn: HttpConnection,
-        channels: tuple[str, ...],
-        cursor: Cursor,
-        then: Callable[[Batch], None],
-        limit: int | None,
-        incomplete: list[str] | None = None,
-    ) -> None:
-        try:
-            if incomplete is None:  # the channels are not subscribed on the bus yet
-                await self.broker.activate(channels)
-                incomplete = []
-                if self.broker.keeps_history:  # (a bus without history has nothing to fill in)
-                    incomplete = self.hub.read(channels, cursor, wall_clock_ms(), limit).incomplete
-            if incomplete:
-                await self.broker.fill(incomplete, cursor)
-        except BrokerUnavailable as exc:
-            log.debug("history not available, answering from local buffers: %s", exc)
-        if conn.closed:
-            return
-        try:
-            then(self.hub.read(channels, cursor, wall_clock_ms(), limit))
-        except Exception:
-            log.exception("error while answering a read")
-            conn.respond_error(HttpError(500, "internal_error", "the server failed to handle the request"))
-
     # -- routing
 
     def handle(self, request: Request, conn: HttpConnection) -> None:
@@ -207,8 +102,8 @@ class App:
                     return
         try:
             self._route(request, conn)
-        except InvalidInput as exc:
-            raise HttpError(400, exc.code, exc.detail) from None
+        except TidingsError as exc:
+            raise http_error(exc) from None
 
     def check_origin(self, request: Request) -> None:
         """Before a request acts (WebSocket, publish, delete): 403 for a page on an origin that
@@ -233,16 +128,6 @@ class App:
                 if ch is not None and ch.subscribers >= limit:
                     raise HttpError(403, "too_many_subscribers", f"channel {name} has {limit} subscribers already")
 
-    def make_room(self, channels: tuple[str, ...]) -> None:
-        """507 when holding `channels` would take this process past --max-channels: checked as
-        a stream or WebSocket arrives, and as a long-poll is about to wait (one answered at once
-        holds nothing). A stream that first waits on the bus (ZeroMQ activation, Redis
-        history) is checked as it arrives: several in flight together may take it a few past."""
-        try:
-            self.hub.make_room(channels)
-        except OverCapacity as exc:
-            raise HttpError(INSUFFICIENT_STORAGE, exc.code, exc.detail) from None
-
     def _route(self, request: Request, conn: HttpConnection) -> None:
         # HEAD is answered like GET without the body (`HttpConnection.respond`) wherever the
         # answer is immediate; subscriptions refuse it (405): an answer that waits for a message
@@ -254,8 +139,12 @@ class App:
             channels = parse_channels(rest)
             self.authorize(request, "subscribe", channels)
             self.check_room(channels)
+            # Holding channels past --max-channels is refused (507) as a stream or WebSocket
+            # arrives, and as a long-poll is about to wait (one answered at once holds nothing).
+            # A stream that first waits on the bus (ZeroMQ activation, Redis history) is checked
+            # as it arrives: several in flight together may take it a few past.
             if "text/event-stream" in request.header(b"accept"):
-                self.make_room(channels)
+                self.hub.make_room(channels)
                 sse.subscribe(self, request, conn, channels)
             else:
                 longpoll.subscribe(self, request, conn, channels)
@@ -274,7 +163,7 @@ class App:
                 self.check_origin(request)
             self.authorize(request, "subscribe", channels)
             self.check_room(channels)
-            self.make_room(channels)
+            self.hub.make_room(channels)
             _STREAMS[head](self, request, conn, channels)
         elif head == "channels" and rest:
             _allow(method, "GET", "HEAD")
@@ -282,7 +171,7 @@ class App:
             info.channel(self, conn, rest)
         elif request.path == "/metrics":
             _allow(method, "GET", "HEAD")
-            metrics.serve(self, conn)
+            self.metrics.serve(conn)
         elif request.path == "/openapi.json":
             _allow(method, "GET", "HEAD")
             conn.respond(200, self.openapi)

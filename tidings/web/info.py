@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tidings.hub import ChannelInfo, encode_json, validate_channel, wall_clock_ms
+from tidings.hub import ChannelInfo, encode_json, validate_channel
+from tidings.web.errors import failing
 from tidings.web.http import HttpConnection
 
 if TYPE_CHECKING:
-    from tidings.web.app import App
+    from tidings.web.types import Services
 
 
-def channel(app: App, conn: HttpConnection, name: str) -> None:
+def channel(app: Services, conn: HttpConnection, name: str) -> None:
     validate_channel(name)
-    app.call_broker(conn, lambda: app.broker.info(name, wall_clock_ms()), lambda info: _answer_info(conn, info))
+    app.relay.info(name, lambda info: _answer_info(conn, info), failing(conn))
 
 
 def _answer_info(conn: HttpConnection, info: ChannelInfo) -> None:
@@ -26,7 +27,8 @@ def _answer_info(conn: HttpConnection, info: ChannelInfo) -> None:
     conn.respond(200, encode_json(body))
 
 
-def health(app: App, conn: HttpConnection) -> None:
-    healthy = app.broker.healthy
-    body = {"status": "ok" if healthy else "unavailable", "broker": app.broker.name, **app.broker.stats()}
+def health(app: Services, conn: HttpConnection) -> None:
+    broker = app.relay.broker
+    healthy = broker.healthy
+    body = {"status": "ok" if healthy else "unavailable", "broker": broker.name, **broker.stats()}
     conn.respond(200 if healthy else 503, encode_json(body))

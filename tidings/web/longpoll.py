@@ -6,12 +6,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tidings.hub import Batch, Message, MessageId, cursor_token
+from tidings.errors import OverCapacity
+from tidings.hub import Batch, Message, MessageId, already_seen, cursor_token
 from tidings.web import params
-from tidings.web.http import HttpConnection, HttpError, Request, error_body, shared_answer
+from tidings.web.errors import failing, http_error
+from tidings.web.http import HttpConnection, Request, error_body, shared_answer
 
 if TYPE_CHECKING:
-    from tidings.web.app import App
+    from tidings.web.types import Services
 
 
 def poll_body(messages: list[Message], token: str, gap: bool = False) -> bytes:
@@ -51,7 +53,12 @@ class LongPoll:
     __slots__ = ("app", "channels", "conn", "positions", "timeout_key", "woken_by")
 
     def __init__(
-        self, app: App, conn: HttpConnection, channels: tuple[str, ...], positions: dict[str, MessageId], timeout: float
+        self,
+        app: Services,
+        conn: HttpConnection,
+        channels: tuple[str, ...],
+        positions: dict[str, MessageId],
+        timeout: float,
     ) -> None:
         self.app = app
         self.conn = conn
@@ -67,8 +74,8 @@ class LongPoll:
         self.app.hub.unwait(self.channels, self)
 
     def wake(self, message: Message) -> bool:
-        if message.id <= self.positions[message.channel] and not message.live:
-            return False  # the client has it already (its cursor was ahead of this process)
+        if already_seen(message, self.positions):
+            return False
         # Leave every channel now (one message per answer, nothing twice); write at the end
         # of the loop turn, after the publisher has had its answer.
         self._leave()
@@ -104,7 +111,7 @@ class LongPoll:
         self._leave()
 
 
-def subscribe(app: App, request: Request, conn: HttpConnection, channels: tuple[str, ...]) -> None:
+def subscribe(app: Services, request: Request, conn: HttpConnection, channels: tuple[str, ...]) -> None:
     query = params.query(request)
     cursor = params.cursor(query, "last_id")
     timeout = params.seconds(query, "timeout", app.settings.poll_timeout, app.settings.max_poll_timeout)
@@ -116,12 +123,12 @@ def subscribe(app: App, request: Request, conn: HttpConnection, channels: tuple[
             answer(conn, channels, batch.messages, batch.positions, bool(batch.gaps))
             return
         try:
-            app.make_room(channels)
-        except HttpError as exc:
-            conn.respond_error(exc)
+            app.hub.make_room(channels)
+        except OverCapacity as exc:
+            conn.respond_error(http_error(exc))
             return
         waiter = LongPoll(app, conn, channels, batch.positions, timeout)
         app.hub.wait(channels, waiter)
         conn.hold(waiter)
 
-    app.read(conn, channels, cursor, answer_or_wait)
+    app.relay.read(conn, channels, cursor, answer_or_wait, failing(conn))

@@ -1,22 +1,19 @@
 """GET /metrics: Prometheus text format (prometheus-client). Figures are read from the hub, the
-broker and the open connections when scraped, so the delivery path pays nothing per subscriber;
-only the publish latency histogram is fed per publish."""
+relay, the broker and the open connections when scraped, so the delivery path pays nothing per
+subscriber; only the publish latency histogram is fed per publish (by the relay)."""
 
 from __future__ import annotations
 
-import time
 from collections import Counter
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Collection, Iterator
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from tidings.hub import Hub
+from tidings.relay import Relay
 from tidings.web.http import HttpConnection
-
-if TYPE_CHECKING:
-    from tidings.web.app import App
 
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
@@ -27,18 +24,19 @@ class Stats:
     def __init__(self) -> None:
         self.gaps_served = 0
         self.slow_disconnects = 0
-        self.publishes = 0
-        self.publish_errors = 0
         self.auth_failures = 0
 
 
 class TidingsCollector(Collector):
-    def __init__(self, app: App) -> None:
-        self.app = app
+    def __init__(self, hub: Hub, relay: Relay, stats: Stats, connections: Collection[HttpConnection]) -> None:
+        self.hub = hub
+        self.relay = relay
+        self.stats = stats
+        self.connections = connections
 
     def collect(self) -> Iterator[Metric]:
-        app, hub = self.app, self.app.hub
-        by_transport: Counter[str] = Counter(_transport(conn) for conn in app.connections)
+        hub, stats, broker = self.hub, self.stats, self.relay.broker
+        by_transport: Counter[str] = Counter(_transport(conn) for conn in self.connections)
         connections = GaugeMetricFamily("tidings_connections", "Open connections by what they do", labels=["transport"])
         for transport in ("idle", "longpoll", "sse", "stream", "ws", "request"):
             connections.add_metric([transport], by_transport.get(transport, 0))
@@ -62,27 +60,27 @@ class TidingsCollector(Collector):
             "Subscribers in this process",
             value=sum(ch.subscribers for ch in hub.channels.values()),
         )
-        yield CounterMetricFamily("tidings_publishes", "Publishes accepted by this process", value=app.stats.publishes)
+        yield CounterMetricFamily(
+            "tidings_publishes", "Publishes accepted by this process", value=self.relay.stats.accepted
+        )
         yield CounterMetricFamily(
             "tidings_publish_errors",
             "Publishes refused: broker unreachable (503) or a memory cap reached (507)",
-            value=app.stats.publish_errors,
+            value=self.relay.stats.refused,
         )
         yield CounterMetricFamily("tidings_messages", "Messages taken in from the bus", value=hub.messages_ingested)
         yield CounterMetricFamily("tidings_deliveries", "Messages handed to subscribers", value=hub.deliveries)
-        yield CounterMetricFamily(
-            "tidings_gaps_served", "Answers and streams told of a gap", value=app.stats.gaps_served
-        )
+        yield CounterMetricFamily("tidings_gaps_served", "Answers and streams told of a gap", value=stats.gaps_served)
         yield CounterMetricFamily(
             "tidings_slow_disconnects",
             "Streams ended because the client read too slowly",
-            value=app.stats.slow_disconnects,
+            value=stats.slow_disconnects,
         )
         yield CounterMetricFamily(
-            "tidings_auth_failures", "Requests refused for their token (401, 403)", value=app.stats.auth_failures
+            "tidings_auth_failures", "Requests refused for their token (401, 403)", value=stats.auth_failures
         )
         up = GaugeMetricFamily("tidings_broker_up", "Whether the broker is reachable", labels=["broker"])
-        up.add_metric([app.broker.name], 1 if app.broker.healthy else 0)
+        up.add_metric([broker.name], 1 if broker.healthy else 0)
         yield up
 
 
@@ -95,22 +93,10 @@ def _transport(conn: HttpConnection) -> str:
 
 
 class Metrics:
-    def __init__(self, app: App) -> None:
+    def __init__(self, hub: Hub, relay: Relay, stats: Stats, connections: Collection[HttpConnection]) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(TidingsCollector(app))
-        self.publish_seconds = Histogram(
-            "tidings_publish_seconds",
-            "From a publish request being read to its fan-out in this process (or its hand-off to the bus)",
-            buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0),
-            registry=self.registry,
-        )
+        self.registry.register(TidingsCollector(hub, relay, stats, connections))
+        self.registry.register(relay.stats.seconds)
 
-    def observe_publish(self, started: float) -> None:
-        self.publish_seconds.observe(time.perf_counter() - started)
-
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
-
-
-def serve(app: App, conn: HttpConnection) -> None:
-    conn.respond(200, app.metrics.render(), CONTENT_TYPE)
+    def serve(self, conn: HttpConnection) -> None:
+        conn.respond(200, generate_latest(self.registry), CONTENT_TYPE)

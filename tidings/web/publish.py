@@ -1,19 +1,19 @@
 """POST /pub/{channel} publishes; DELETE /pub/{channel} deletes a channel and ends its
-subscriptions. Both go through the broker, so they reach every process on the bus."""
+subscriptions. Both go through the relay to the broker, so they reach every process on the bus."""
 
 from __future__ import annotations
 
 import json
-import time
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
 from tidings.brokers import Published
 from tidings.hub import JSONValue, encode_json, validate_channel
-from tidings.web.http import HttpConnection, HttpError, Request, error_body
+from tidings.web.errors import failing
+from tidings.web.http import HttpConnection, HttpError, Request
 
 if TYPE_CHECKING:
-    from tidings.web.app import App
+    from tidings.web.types import Services
 
 
 def message_data(request: Request) -> JSONValue:
@@ -43,26 +43,15 @@ def message_data(request: Request) -> JSONValue:
     return text
 
 
-def publish(app: App, request: Request, conn: HttpConnection, channel: str) -> None:
+def publish(app: Services, request: Request, conn: HttpConnection, channel: str) -> None:
     validate_channel(channel)
     data = message_data(request)
-    started = time.perf_counter()
-
-    def answer(result: Published) -> None:
-        app.stats.publishes += 1
-        app.metrics.observe_publish(started)
-        _answer_publish(conn, result)
-
-    def fail(status: int, error: str, detail: str) -> None:
-        app.stats.publish_errors += 1
-        conn.respond(status, error_body(error, detail))
-
-    app.call_broker(conn, lambda: app.broker.publish(channel, data), answer, on_error=fail)
+    app.relay.publish(channel, data, lambda result: _answer_publish(conn, result), failing(conn))
 
 
-def delete(app: App, request: Request, conn: HttpConnection, channel: str) -> None:
+def delete(app: Services, request: Request, conn: HttpConnection, channel: str) -> None:
     validate_channel(channel)
-    app.call_broker(conn, lambda: app.broker.delete(channel), lambda told: _answer_delete(conn, channel, told))
+    app.relay.delete(channel, lambda told: _answer_delete(conn, channel, told), failing(conn))
 
 
 def _answer_publish(conn: HttpConnection, result: Published) -> None:

@@ -10,11 +10,12 @@ from typing import TYPE_CHECKING
 
 from tidings.hub import Message
 from tidings.web import params
+from tidings.web.errors import failing
 from tidings.web.http import HttpConnection, Request
 from tidings.web.streaming import Stream, StreamFormat
 
 if TYPE_CHECKING:
-    from tidings.web.app import App
+    from tidings.web.types import Services
 
 
 class SSEFormat(StreamFormat):
@@ -35,7 +36,8 @@ class SSEFormat(StreamFormat):
 FORMAT = SSEFormat()
 
 
-def subscribe(app: App, request: Request, conn: HttpConnection, channels: tuple[str, ...]) -> None:
+def subscribe(app: Services, request: Request, conn: HttpConnection, channels: tuple[str, ...]) -> None:
     query = params.query(request)
     cursor = params.cursor(query, "last_event_id", "last_id", header=b"last-event-id", request=request)
-    app.read(conn, channels, cursor, Stream(app, conn, channels, FORMAT).begin, limit=None)
+    stream = Stream(app, conn, channels, FORMAT)
+    app.relay.read(conn, channels, cursor, stream.begin, failing(conn), limit=None)

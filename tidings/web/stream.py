@@ -11,11 +11,12 @@ from typing import TYPE_CHECKING
 
 from tidings.hub import Message
 from tidings.web import params
+from tidings.web.errors import failing
 from tidings.web.http import HttpConnection, HttpError, Request
 from tidings.web.streaming import Stream, StreamFormat, event_json
 
 if TYPE_CHECKING:
-    from tidings.web.app import App
+    from tidings.web.types import Services
 
 
 class NDJSONFormat(StreamFormat):
@@ -78,7 +79,7 @@ NDJSON = NDJSONFormat()
 HTML = HTMLFormat()
 
 
-def subscribe(app: App, request: Request, conn: HttpConnection, channels: tuple[str, ...]) -> None:
+def subscribe(app: Services, request: Request, conn: HttpConnection, channels: tuple[str, ...]) -> None:
     query = params.query(request)
     fmt: StreamFormat
     wanted = query.get("format")
@@ -89,4 +90,5 @@ def subscribe(app: App, request: Request, conn: HttpConnection, channels: tuple[
     else:
         raise HttpError(400, "invalid_parameter", "format must be ndjson or html")
     cursor = params.cursor(query, "last_id")
-    app.read(conn, channels, cursor, Stream(app, conn, channels, fmt).begin, limit=None)
+    stream = Stream(app, conn, channels, fmt)
+    app.relay.read(conn, channels, cursor, stream.begin, failing(conn), limit=None)

@@ -8,7 +8,6 @@ stream of that format; on several channels it differs per stream."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -17,8 +16,8 @@ from tidings.hub import Batch, Message, MessageId, already_seen, cursor_token
 from tidings.web.http import chunk
 
 if TYPE_CHECKING:
-    from tidings.web.app import App
     from tidings.web.http import HttpConnection
+    from tidings.web.types import Services
 
 SLOW_CLOSE_GRACE = 5.0  # seconds a dropped slow stream gets to take its last bytes
 
@@ -61,7 +60,7 @@ class Stream:
 
     __slots__ = ("app", "build", "channels", "chunked", "conn", "fmt", "pending", "positions", "registry", "seen_to")
 
-    def __init__(self, app: App, conn: HttpConnection, channels: tuple[str, ...], fmt: StreamFormat) -> None:
+    def __init__(self, app: Services, conn: HttpConnection, channels: tuple[str, ...], fmt: StreamFormat) -> None:
         self.registry = app.streams
         self.app = app
         self.conn = conn
@@ -180,34 +179,3 @@ class Stream:
         self.app.hub.leave(self.channels, self)
         self.registry.remove(self)
         self.pending.clear()
-
-
-class StreamRegistry:
-    """Every open stream, for heartbeats and the unsent-bytes cap."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, heartbeat: float, max_unsent: int) -> None:
-        self.loop = loop
-        self.heartbeat_interval = heartbeat
-        self.max_unsent = max_unsent
-        self.streams: set[Stream] = set()
-        self._heartbeat: asyncio.TimerHandle | None = None
-
-    def add(self, stream: Stream) -> None:
-        self.streams.add(stream)
-
-    def remove(self, stream: Stream) -> None:
-        self.streams.discard(stream)
-
-    def start(self) -> None:
-        if self.heartbeat_interval > 0:
-            self._heartbeat = self.loop.call_later(self.heartbeat_interval, self._beat)
-
-    def stop(self) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            self._heartbeat = None
-
-    def _beat(self) -> None:
-        for stream in self.streams:
-            stream.push(stream.fmt.heartbeat)
-        self._heartbeat = self.loop.call_later(self.heartbeat_interval, self._beat)

@@ -32,11 +32,12 @@ from tidings.brokers import Published
 from tidings.errors import TidingsError
 from tidings.hub import MAX_CHANNELS_PER_REQUEST, ZERO_ID, Batch, Cursor, Message, encode_json, validate_channel
 from tidings.web import params
+from tidings.web.errors import failing, http_error
 from tidings.web.http import HttpConnection, HttpError, Request
 from tidings.web.streaming import Stream, StreamFormat
 
 if TYPE_CHECKING:
-    from tidings.web.app import App
+    from tidings.web.types import Services
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -64,7 +65,7 @@ class WebSocketStream(Stream):
 
     __slots__ = ("handshake", "inbox", "joining", "protocol")
 
-    def __init__(self, app: App, conn: HttpConnection, protocol: ServerProtocol, handshake: Request) -> None:
+    def __init__(self, app: Services, conn: HttpConnection, protocol: ServerProtocol, handshake: Request) -> None:
         super().__init__(app, conn, (), FORMAT)
         self.protocol = protocol
         self.handshake = handshake  # its token authorizes the commands sent on the socket
@@ -122,8 +123,14 @@ class WebSocketStream(Stream):
         except InvalidState:
             return
 
-    def _error(self, error: str, detail: object) -> None:
-        self.push(FORMAT.event("error", {"error": error, "detail": detail}))
+    def _refuse(self, error: Exception) -> None:
+        """A command refused: an error frame, or for a token's refusal a close (documented:
+        4401 no or bad token, 4403 not allowed)."""
+        refusal = http_error(error)
+        if refusal.code in _AUTH_ERRORS:
+            self._close(4000 + refusal.status, f"{refusal.code}: {refusal.detail}"[:120])
+        else:
+            self.push(FORMAT.event("error", {"error": refusal.code, "detail": refusal.detail}))
 
     def _command(self, payload: bytes) -> None:
         try:
@@ -143,10 +150,7 @@ class WebSocketStream(Stream):
             else:
                 raise HttpError(400, "invalid_command", "a frame is a JSON object: publish, subscribe or unsubscribe")
         except TidingsError as exc:
-            if isinstance(exc, HttpError) and exc.code in _AUTH_ERRORS:  # documented: 4401 no/bad token, 4403 denied
-                self._close(4000 + exc.status, f"{exc.code}: {exc.detail}"[:120])
-            else:
-                self._error(exc.code, exc.detail)
+            self._refuse(exc)
 
     # -- commands
 
@@ -160,12 +164,7 @@ class WebSocketStream(Stream):
             raise HttpError(
                 413, "body_too_large", f"messages are limited to {self.app.settings.max_message_bytes} bytes"
             )
-        self.app.call_broker(
-            self.conn,
-            lambda: self.app.broker.publish(channel, data),
-            self._published,
-            on_error=lambda status, error, detail: self._error(error, detail),
-        )
+        self.app.relay.publish(channel, data, self._published, self._refuse)
 
     def _published(self, result: Published) -> None:
         body = {"id": str(result.id), "channel": result.channel, "subscribers": result.subscribers}
@@ -180,9 +179,10 @@ class WebSocketStream(Stream):
         if new:
             self.app.authorize(self.handshake, "subscribe", new)
             self.app.check_room(new)
-            self.app.make_room(new)
+            self.app.hub.make_room(new)
             self.joining.update(new)
-            self.app.read(self.conn, new, Cursor.parse(token), lambda batch: self._add(new, batch), limit=None)
+            cursor = Cursor.parse(token)
+            self.app.relay.read(self.conn, new, cursor, lambda batch: self._add(new, batch), self._refuse, limit=None)
 
     def _add(self, channels: tuple[str, ...], batch: Batch) -> None:
         self.joining.difference_update(channels)
@@ -228,7 +228,7 @@ def _channel_list(value: object) -> list[str]:
     return [validate_channel(name) for name in value]
 
 
-def subscribe(app: App, request: Request, conn: HttpConnection, channels: tuple[str, ...]) -> None:
+def subscribe(app: Services, request: Request, conn: HttpConnection, channels: tuple[str, ...]) -> None:
     if not request.http11:  # RFC 6455 4.1: the handshake is an HTTP/1.1 request (1.0 has no Upgrade)
         raise HttpError(400, "bad_handshake", "a WebSocket handshake needs HTTP/1.1", close=True)
     if request.header(b"upgrade").lower() != "websocket":
@@ -249,7 +249,7 @@ def subscribe(app: App, request: Request, conn: HttpConnection, channels: tuple[
     ws = WebSocketStream(app, conn, protocol, request)
     conn.upgrade(response.serialize(), ws)
     cursor = params.cursor(params.query(request), "last_id")
-    app.read(conn, channels, cursor, lambda batch: ws.start(channels, batch), limit=None)
+    app.relay.read(conn, channels, cursor, lambda batch: ws.start(channels, batch), failing(conn), limit=None)
 
 
 __all__ = ["FORMAT", "WebSocketStream", "subscribe"]

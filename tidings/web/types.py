@@ -1,0 +1,34 @@
+"""The interface between the application and the modules it routes to: what a transport or an
+endpoint may use of the server, so that none of them imports the application (`web/app.py`,
+which implements it and is imported only by the server that composes it)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+from tidings.config import Settings
+from tidings.hub import Hub
+from tidings.relay import Relay
+from tidings.web.batch import TurnBatcher
+from tidings.web.http import Request
+from tidings.web.metrics import Stats
+from tidings.web.registry import StreamRegistry
+from tidings.web.wheel import TimeoutWheel
+
+
+class Services(Protocol):
+    settings: Settings
+    loop: asyncio.AbstractEventLoop
+    relay: Relay  # publish, delete, info, and reads through the bus
+    hub: Hub  # joining and waiting (subscribers), and what a channel holds here
+    stats: Stats
+    batcher: TurnBatcher  # writes at the end of the loop turn
+    timeouts: TimeoutWheel  # held long-polls
+    streams: StreamRegistry  # heartbeats and the unsent-bytes cap
+
+    def authorize(self, request: Request, action: str, channels: tuple[str, ...] | list[str]) -> None:
+        """Raises HttpError (401, 403) unless the request's token allows `action` on `channels`."""
+
+    def check_room(self, channels: tuple[str, ...]) -> None:
+        """Raises HttpError (403) when a channel has as many subscribers here as allowed."""
