@@ -134,20 +134,23 @@ class App:
         # or never ends has no headers worth asking for on their own.
         method = request.method
         head, _, rest = request.path[1:].partition("/")
-        if head == "sub" and rest:
+        subscribe = _SUBSCRIPTIONS.get(head)
+        if subscribe is not None and (rest or head == "ws"):
             _allow(method, "GET")
-            channels = parse_channels(rest)
+            channels = parse_channels(rest) if rest else ()
+            if head == "sub" and "text/event-stream" in request.header(b"accept"):
+                head, subscribe = "sse", sse.subscribe  # the same resource, as Server-Sent Events
+            elif head == "ws":
+                self.check_origin(request)
             self.authorize(request, "subscribe", channels)
             self.check_room(channels)
             # Holding channels past --max-channels is refused (507) as a stream or WebSocket
             # arrives, and as a long-poll is about to wait (one answered at once holds nothing).
             # A stream that first waits on the bus (ZeroMQ activation, Redis history) is checked
             # as it arrives: several in flight together may take it a few past.
-            if "text/event-stream" in request.header(b"accept"):
+            if head != "sub":
                 self.hub.make_room(channels)
-                sse.subscribe(self, request, conn, channels)
-            else:
-                longpoll.subscribe(self, request, conn, channels)
+            subscribe(self, request, conn, channels)
         elif head == "pub" and rest:
             _allow(method, "POST", "DELETE")
             self.check_origin(request)
@@ -156,15 +159,6 @@ class App:
                 publish.publish(self, request, conn, rest)
             else:
                 publish.delete(self, request, conn, rest)
-        elif head in ("sse", "stream", "ws") and (rest or head == "ws"):
-            _allow(method, "GET")
-            channels = parse_channels(rest) if rest else ()
-            if head == "ws":
-                self.check_origin(request)
-            self.authorize(request, "subscribe", channels)
-            self.check_room(channels)
-            self.hub.make_room(channels)
-            _STREAMS[head](self, request, conn, channels)
         elif head == "channels" and rest:
             _allow(method, "GET", "HEAD")
             self.authorize(request, "subscribe", [rest])
@@ -185,7 +179,12 @@ class App:
             raise HttpError(404, "not_found", f"no such resource: {request.path[:200]}")
 
 
-_STREAMS = {"sse": sse.subscribe, "stream": stream.subscribe, "ws": websocket.subscribe}
+_SUBSCRIPTIONS = {
+    "sub": longpoll.subscribe,
+    "sse": sse.subscribe,
+    "stream": stream.subscribe,
+    "ws": websocket.subscribe,
+}
 
 
 def _allow(method: str, *allowed: str) -> None:
