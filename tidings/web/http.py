@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import formatdate
+from enum import IntEnum
 from http import HTTPStatus
 from time import monotonic, time
 from typing import Protocol, cast
@@ -206,7 +207,113 @@ def chunk(data: bytes) -> bytes:
 
 _LAST_CHUNK = b"0\r\n\r\n"
 _METHODS = {m.encode(): m for m in ("GET", "POST", "DELETE", "HEAD", "OPTIONS", "PUT")}
-_IDLE, _READING, _BUSY, _STREAMING, _CLOSING = range(5)
+
+
+# Theory of operation
+#
+# A connection carries one request at a time. Bytes arrive (`data_received`) and httptools
+# calls back as a request begins and completes; a complete request goes to the application
+# (`Application.handle`), which answers it at once (`respond`), holds it and answers later
+# (`hold`, a long-poll), starts a stream (`start_stream`), or upgrades the connection
+# (`upgrade`, a WebSocket). Requests that complete while one is being answered wait in
+# `pipeline` and are handed over, in order, after the answer. A stream or an upgrade is the
+# connection's last use: it ends by closing. CLOSED absorbs everything: the peer may vanish
+# at any moment, and what was in flight (a held answer, a stream's write) must find nothing
+# to do rather than fail.
+#
+#   IDLE ──request begins──▶ READING ──request read──▶ BUSY ──answered──▶ IDLE
+#   IDLE ──request read (arrived whole)──▶ BUSY          BUSY ──stream begins──▶ STREAMING
+#   BUSY ──upgrade (101 sent)──▶ UPGRADED ──stream begins──▶ STREAMING ──stream ends──▶ CLOSED
+#   any ──close (an error, a timeout, no keep-alive, the peer left)──▶ CLOSED
+#
+# Timers: IDLE has the keep-alive timeout and READING the request timeout (408); the
+# application's own waits have their own. `TRANSITIONS` is the whole table; `next_state` is
+# the only way a state changes, and a pair not in the table is a bug (`IllegalTransition`).
+
+
+class State(IntEnum):
+    IDLE = 0  # between requests: the keep-alive timer runs
+    READING = 1  # a request has begun and is incomplete: the request timer runs
+    BUSY = 2  # the application has the request: it answers now, holds it, streams or upgrades
+    UPGRADED = 3  # the 101 is sent and the bytes belong to `upgraded`; its stream has not begun
+    STREAMING = 4  # a stream's head is sent; the connection ends with the stream
+    CLOSED = 5  # closing or closed: every event is a no-op
+
+
+class Event(IntEnum):
+    REQUEST_BEGINS = 0  # httptools saw a request's first byte
+    REQUEST_READ = 1  # a request is complete: dispatched, or queued behind the one in flight
+    ANSWERED = 2  # the answer to the request in flight is written
+    UPGRADE = 3  # the 101 is written
+    STREAM_BEGINS = 4  # a stream's head (or an upgraded stream's first bytes) is written
+    STREAM_ENDS = 5  # a stream's last bytes are written
+    CLOSE = 6  # the connection closes, whatever it was doing
+
+
+TRANSITIONS: dict[State, dict[Event, State]] = {
+    State.IDLE: {
+        Event.REQUEST_BEGINS: State.READING,
+        Event.REQUEST_READ: State.BUSY,
+        Event.CLOSE: State.CLOSED,
+    },
+    State.READING: {
+        Event.REQUEST_READ: State.BUSY,
+        Event.CLOSE: State.CLOSED,
+    },
+    State.BUSY: {
+        Event.REQUEST_BEGINS: State.BUSY,  # pipelined: read now, answered later
+        Event.REQUEST_READ: State.BUSY,
+        Event.ANSWERED: State.IDLE,
+        Event.UPGRADE: State.UPGRADED,
+        Event.STREAM_BEGINS: State.STREAMING,
+        Event.CLOSE: State.CLOSED,
+    },
+    State.UPGRADED: {
+        # An HTTP answer cannot follow a 101 (an error after the handshake): close instead.
+        Event.ANSWERED: State.CLOSED,
+        Event.STREAM_BEGINS: State.STREAMING,
+        Event.STREAM_ENDS: State.CLOSED,
+        Event.CLOSE: State.CLOSED,
+    },
+    State.STREAMING: {
+        Event.REQUEST_BEGINS: State.STREAMING,  # pipelined behind a stream: never answered
+        Event.REQUEST_READ: State.STREAMING,
+        Event.STREAM_ENDS: State.CLOSED,
+        Event.CLOSE: State.CLOSED,
+    },
+    State.CLOSED: dict.fromkeys(Event, State.CLOSED),
+}
+
+
+class IllegalTransition(RuntimeError):
+    """`event` cannot happen in `state`: a bug in the edge or in the application using it."""
+
+    def __init__(self, state: State, event: Event) -> None:
+        super().__init__(f"{event.name} cannot happen in {state.name}")
+        self.state = state
+        self.event = event
+
+
+# The table as nested tuples, indexed by the states' and events' numbers: a transition is
+# two index operations (~20 ns) where the dicts above would hash enum members.
+_NEXT: tuple[tuple[State | None, ...], ...] = tuple(
+    tuple(TRANSITIONS[state].get(event) for event in Event) for state in State
+)
+
+
+def next_state(state: State, event: Event) -> State:
+    """The state after `event` in `state` (see TRANSITIONS)."""
+    after = _NEXT[state][event]
+    if after is None:
+        raise IllegalTransition(state, event)
+    return after
+
+
+# Module names for the members the hot path compares and passes: `State.IDLE` is an enum class
+# attribute lookup, ~65 ns on Python 3.11, against ~10 ns for a module global (measured with
+# timeit); a long-poll request makes a handful of them.
+IDLE, READING, BUSY, UPGRADED, STREAMING, CLOSED = State
+REQUEST_BEGINS, REQUEST_READ, ANSWERED, UPGRADE, STREAM_BEGINS, STREAM_ENDS, CLOSE = Event
 
 
 class HttpConnection(asyncio.Protocol):
@@ -241,7 +348,7 @@ class HttpConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer = "-"  # the client's address
         self.parser = httptools.HttpRequestParser(self)
-        self.state = _IDLE
+        self.state = IDLE
         self.timer: asyncio.TimerHandle | None = None
         self.deadline = 0.0
         self.held: Held | None = None
@@ -269,14 +376,14 @@ class HttpConnection(asyncio.Protocol):
         self.app.connection_opened(self)
 
     def data_received(self, data: bytes) -> None:
-        if self.state == _CLOSING:
+        if self.state is CLOSED:
             return
         if self.upgraded is not None:
             self.upgraded.receive(data)
             return
         try:
             self.parser.feed_data(data)
-            if self.state == _READING and not self._reading_timed:
+            if self.state is READING and not self._reading_timed:
                 # A request still incomplete after this read: from now on it has a deadline.
                 # (Most arrive whole in one read and never pay for a timer.)
                 self._reading_timed = True
@@ -293,7 +400,7 @@ class HttpConnection(asyncio.Protocol):
                 rest = data[exc.args[0] :] if exc.args and isinstance(exc.args[0], int) else b""
                 if rest:
                     self.upgraded.receive(rest)
-            elif self.state != _CLOSING:
+            elif self.state is not CLOSED:
                 self._fail(HttpError(400, "upgrade_not_supported", "this resource cannot be upgraded", True))
         except httptools.HttpParserError as exc:
             self._fail(HttpError(400, "bad_request", f"malformed HTTP request: {exc}", True))
@@ -303,7 +410,7 @@ class HttpConnection(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.state = _CLOSING
+        self.state = next_state(self.state, CLOSE)
         if self.timer is not None:  # a pending handle would keep this connection alive until it fires
             self.timer.cancel()
             self.timer = None
@@ -322,9 +429,8 @@ class HttpConnection(asyncio.Protocol):
         self._header_bytes = 0
         self._body = []
         self._body_size = 0
-        if self.state == _IDLE:
-            self.state = _READING
-            self._reading_timed = False
+        self.state = next_state(self.state, REQUEST_BEGINS)
+        self._reading_timed = False
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -383,20 +489,24 @@ class HttpConnection(asyncio.Protocol):
         except (UnicodeDecodeError, ValueError):
             raise HttpError(400, "bad_request", "the request target is not valid UTF-8", True) from None
         self._body = []
-        if self.state in (_IDLE, _READING):
+        if self.state <= READING:  # IDLE or READING: nothing in flight
             self._dispatch(request)
-        elif self.state == _BUSY or self.state == _STREAMING:
-            if self.pipeline is None:
-                self.pipeline = deque()
-            elif len(self.pipeline) >= self.limits.max_pipelined:
-                raise HttpError(429, "too_many_pipelined", "too many pipelined requests", True)
-            self.pipeline.append(request)
+            return
+        self.state = next_state(self.state, REQUEST_READ)
+        if self.state is CLOSED:  # read behind an answer that closed: dropped
+            return
+        # Queued behind the request in flight.
+        if self.pipeline is None:
+            self.pipeline = deque()
+        elif len(self.pipeline) >= self.limits.max_pipelined:
+            raise HttpError(429, "too_many_pipelined", "too many pipelined requests", True)
+        self.pipeline.append(request)
 
     # -- answering
 
     def _dispatch(self, request: Request) -> None:
-        self._cancel_timer()
-        self.state = _BUSY
+        self._clear_deadline()
+        self.state = next_state(self.state, REQUEST_READ)
         self.request = request
         try:
             self.app.handle(request, self)
@@ -408,7 +518,7 @@ class HttpConnection(asyncio.Protocol):
 
     @property
     def closed(self) -> bool:
-        return self.transport is None or self.state == _CLOSING
+        return self.transport is None or self.state is CLOSED
 
     @property
     def keep_alive(self) -> bool:
@@ -417,7 +527,8 @@ class HttpConnection(asyncio.Protocol):
 
     def respond(self, status: int, body: bytes, content_type: bytes = JSON_TYPE, extra_headers: bytes = b"") -> None:
         """Answer the current request and move on to the next."""
-        if self.state != _BUSY or self.transport is None:
+        if self.state is not BUSY or self.transport is None:
+            self._answered_unwritten()
             return
         keep_alive = self.keep_alive
         data = response_bytes(status, body, content_type, keep_alive, extra_headers + self.response_headers)
@@ -431,7 +542,8 @@ class HttpConnection(asyncio.Protocol):
     def respond_shared(self, answer: bytes) -> None:
         """Answer 200 with bytes from `shared_answer` (the same for many connections on fan-out),
         keeping the connection open."""
-        if self.state != _BUSY or self.transport is None:
+        if self.state is not BUSY or self.transport is None:
+            self._answered_unwritten()
             return
         if self.limits.access_log:
             self._log_access(200, len(answer))
@@ -451,14 +563,21 @@ class HttpConnection(asyncio.Protocol):
     def hold(self, held: Held) -> None:
         self.held = held
 
+    def _answered_unwritten(self) -> None:
+        """An answer with nowhere to go: the peer left (CLOSED), or a 101 was sent (UPGRADED,
+        where an HTTP answer would corrupt the stream: the connection closes instead)."""
+        self.state = next_state(self.state, ANSWERED)
+        if self.state is CLOSED:
+            self.close()
+
     def _finish(self, keep_alive: bool) -> None:
         self.held = None
         self.request = None
         self.response_headers = b""
+        self.state = next_state(self.state, ANSWERED)
         if not keep_alive:
             self.close()
             return
-        self.state = _IDLE
         if self.pipeline:
             self._dispatch(self.pipeline.popleft())
         else:
@@ -466,8 +585,8 @@ class HttpConnection(asyncio.Protocol):
 
     def _fail(self, error: HttpError) -> None:
         """A request could not be read: answer it if nothing else is in flight, then close."""
-        if self.state in (_IDLE, _READING):
-            self.state = _BUSY
+        if self.state <= READING:  # IDLE or READING: the error is the answer
+            self.state = next_state(self.state, REQUEST_READ)
             self.stopping = True
             self.respond_error(error)
         self.close()
@@ -477,22 +596,24 @@ class HttpConnection(asyncio.Protocol):
     def upgrade(self, handshake: bytes, upgraded: Upgraded) -> None:
         """Send the 101 answer; from now on the connection's bytes go to `upgraded`, and the
         stream methods write raw bytes (see `start_stream`)."""
-        if self.state != _BUSY or self.transport is None:
+        self.state = next_state(self.state, UPGRADE)
+        if self.state is CLOSED or self.transport is None:
             return
         self.transport.write(handshake)
         self.upgraded = upgraded
         self.held = upgraded
 
     def send_raw(self, data: bytes) -> None:
-        if self.upgraded is not None and self.transport is not None and self.state != _CLOSING:
+        """Write bytes of the upgraded protocol (UPGRADED or STREAMING); dropped once CLOSED."""
+        if self.upgraded is not None and self.transport is not None and self.state is not CLOSED:
             self.transport.write(data)
 
     # -- streams
 
     def start_stream(self, content_type: bytes, extra_headers: bytes = b"", preamble: bytes = b"") -> None:
-        if self.state != _BUSY or self.transport is None or self.request is None:
+        self.state = next_state(self.state, STREAM_BEGINS)
+        if self.state is CLOSED or self.transport is None or self.request is None:
             return
-        self.state = _STREAMING
         if self.limits.access_log:
             self._log_access(101 if self.upgraded is not None else 200, 0)
         if self.upgraded is not None:  # the handshake was the head; frames are the stream
@@ -520,17 +641,18 @@ class HttpConnection(asyncio.Protocol):
 
     def write_stream(self, framed: bytes) -> None:
         """Send stream bytes already framed for this connection (see `chunked`): on fan-out a
-        message is framed once for all chunked streams, and consecutive chunks concatenate."""
-        if self.state == _STREAMING and self.transport is not None and framed:
+        message is framed once for all chunked streams, and consecutive chunks concatenate.
+        Not a transition: bytes written outside STREAMING (CLOSED, or an upgraded stream not
+        yet begun) are dropped."""
+        if self.state is STREAMING and self.transport is not None and framed:
             self.transport.write(framed)
 
     def end_stream(self, final: bytes = b"") -> None:
         """Finish a stream; the connection closes, since a client that sent more requests
         behind a stream cannot expect them to be answered in order anyway."""
-        if self.state not in (_STREAMING, _BUSY) or self.transport is None or self.request is None:
+        if self.state is CLOSED or self.transport is None or self.request is None:
             return
-        if self.state == _BUSY and self.upgraded is None:
-            return
+        self.state = next_state(self.state, STREAM_ENDS)  # from STREAMING or UPGRADED; anything else is a bug
         if self.upgraded is not None:
             if final:
                 self.transport.write(final)
@@ -538,8 +660,9 @@ class HttpConnection(asyncio.Protocol):
             self.transport.write((chunk(final) if final else b"") + _LAST_CHUNK)
         elif final:
             self.transport.write(final)
-        self.state = _BUSY
-        self._finish(False)
+        self.held = None
+        self.request = None
+        self.close()
 
     def write_buffer_size(self) -> int:
         return self.transport.get_write_buffer_size() if self.transport is not None else 0
@@ -548,13 +671,13 @@ class HttpConnection(asyncio.Protocol):
 
     def refuse(self, error: HttpError) -> None:
         """Answer before any request was read (e.g. too many connections), then close."""
-        if self.transport is not None and self.state == _IDLE:
+        if self.transport is not None and self.state is IDLE:
             self.transport.write(response_bytes(error.status, error_body(error.code, error.detail), keep_alive=False))
         self.close()
 
     def close(self) -> None:
-        self.state = _CLOSING
-        self._cancel_timer()
+        self.state = next_state(self.state, CLOSE)
+        self._clear_deadline()
         if self.transport is not None:
             self.transport.close()
 
@@ -567,12 +690,14 @@ class HttpConnection(asyncio.Protocol):
         self.stopping = True
         if self.held is not None:
             self.held.shutdown()
-        elif self.state in (_IDLE, _READING):
+        elif self.state <= READING:  # IDLE or READING: no request to finish
             self.close()
-        # _BUSY without `held` (a publish in flight) closes after its answer.
+        # BUSY without `held` (a publish in flight) closes after its answer.
 
     # Connection timers are re-armed on every request; moving a deadline is a float store,
-    # and the one timer handle re-schedules itself only when it fires early.
+    # and the one timer handle re-schedules itself only when it fires early. Cancelling and
+    # re-creating the handle per request instead costs ~3.2 us under uvloop against ~0.13 us
+    # for the stores (measured in a loop of 200k), on a ~8 us long-poll request.
 
     def _set_timer(self, delay: float) -> None:
         self.deadline = self.loop.time() + delay
@@ -583,7 +708,8 @@ class HttpConnection(asyncio.Protocol):
         if timer is None:
             self.timer = self.loop.call_at(self.deadline, self._timer_fired)
 
-    def _cancel_timer(self) -> None:
+    def _clear_deadline(self) -> None:
+        """No timeout applies now; the pending handle, if any, fires later and finds nothing."""
         self.deadline = 0.0
 
     def _timer_fired(self) -> None:
@@ -594,9 +720,9 @@ class HttpConnection(asyncio.Protocol):
             self.timer = self.loop.call_at(self.deadline, self._timer_fired)
             return
         self.deadline = 0.0
-        if self.state == _READING:
+        if self.state is READING:
             self._fail(HttpError(408, "request_timeout", "the request did not arrive in time", True))
-        elif self.state == _IDLE:
+        elif self.state is IDLE:
             self.close()
 
 
