@@ -3,27 +3,33 @@
 It owns what a framework would: keep-alive, pipelining (requests queued while one is
 held), limits on the request line, headers and body, and the slow-header and idle
 timeouts. A request is handed to the application, which answers at once, holds the
-connection (`hold`) or starts a stream; holding costs an attribute, not a task.
+connection (`hold`) or starts a stream; holding costs an attribute, not a task. The bytes
+of every answer come from `tidings.web.h1`; the states are the table below `State`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from email.utils import formatdate
 from enum import IntEnum
-from http import HTTPStatus
-from time import monotonic, time
 from typing import Protocol, cast
 from urllib.parse import unquote
 
 import httptools
 
 from tidings.errors import TidingsError
+from tidings.web.h1 import (
+    JSON_TYPE,
+    chunk,
+    error_body,
+    response_bytes,
+    shared_response,
+    stream_end,
+    stream_head,
+)
 
 log = logging.getLogger("tidings.http")
 access_log = logging.getLogger("tidings.access")
@@ -134,78 +140,6 @@ class Application(Protocol):
     def connection_closed(self, conn: HttpConnection) -> None: ...
 
 
-_REASONS = {s.value: s.phrase for s in HTTPStatus}
-_STATUS_LINES: dict[int, bytes] = {}
-
-
-def status_line(status: int) -> bytes:
-    line = _STATUS_LINES.get(status)
-    if line is None:
-        line = _STATUS_LINES[status] = f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n".encode()
-    return line
-
-
-_date_line = b""
-_date_stale_at = 0.0  # monotonic time of the next wall-clock second: no clock step can freeze the line
-
-
-def date_header() -> bytes:
-    """The `Date` header line every answer carries (RFC 9110 6.6.1), formatted at most once a second."""
-    if monotonic() < _date_stale_at:
-        return _date_line
-    return _next_date_header()
-
-
-def _next_date_header() -> bytes:
-    global _date_line, _date_stale_at
-    wall = time()
-    _date_stale_at = monotonic() + 1.0 - wall % 1.0
-    _date_line = b"Date: %s\r\n" % formatdate(int(wall), usegmt=True).encode()
-    return _date_line
-
-
-JSON_TYPE = b"application/json"
-_OK = status_line(200)
-
-
-def response_bytes(
-    status: int,
-    body: bytes,
-    content_type: bytes = JSON_TYPE,
-    keep_alive: bool = True,
-    extra_headers: bytes = b"",
-) -> bytes:
-    return b"%s%sContent-Type: %s\r\nContent-Length: %d\r\nCache-Control: no-store\r\n%s%s\r\n%s" % (
-        status_line(status),
-        date_header(),
-        content_type,
-        len(body),
-        extra_headers,
-        b"" if keep_alive else b"Connection: close\r\n",
-        body,
-    )
-
-
-def shared_answer(body: bytes) -> bytes:
-    """A keep-alive 200 JSON answer without its status line and Date: bytes built once and sent
-    to many connections, maybe much later (`HttpConnection.respond_shared` adds both)."""
-    return b"Content-Type: %s\r\nContent-Length: %d\r\nCache-Control: no-store\r\n\r\n%s" % (
-        JSON_TYPE,
-        len(body),
-        body,
-    )
-
-
-def error_body(error: str, detail: str, **fields: str) -> bytes:
-    """Every error answer: a code, a sentence for people, and any fields a client acts on."""
-    return json.dumps({"error": error, "detail": detail, **fields}).encode()
-
-
-def chunk(data: bytes) -> bytes:
-    return b"%x\r\n%s\r\n" % (len(data), data)
-
-
-_LAST_CHUNK = b"0\r\n\r\n"
 _METHODS = {m.encode(): m for m in ("GET", "POST", "DELETE", "HEAD", "OPTIONS", "PUT")}
 
 
@@ -531,11 +465,11 @@ class HttpConnection(asyncio.Protocol):
             self._answered_unwritten()
             return
         keep_alive = self.keep_alive
-        data = response_bytes(status, body, content_type, keep_alive, extra_headers + self.response_headers)
+        head_only = self.request is not None and self.request.method == "HEAD"
+        headers = extra_headers + self.response_headers
+        data = response_bytes(status, body, content_type, keep_alive, headers, head_only)
         if self.limits.access_log:
             self._log_access(status, len(body))
-        if self.request is not None and self.request.method == "HEAD":
-            data = data[: len(data) - len(body)]  # the same headers, no body
         self.transport.write(data)
         self._finish(keep_alive)
 
@@ -547,7 +481,7 @@ class HttpConnection(asyncio.Protocol):
             return
         if self.limits.access_log:
             self._log_access(200, len(answer))
-        self.transport.write(_OK + date_header() + answer)
+        self.transport.write(shared_response(answer))
         self._finish(True)
 
     def _log_access(self, status: int, size: int) -> None:
@@ -620,24 +554,16 @@ class HttpConnection(asyncio.Protocol):
             if preamble:
                 self.transport.write(preamble)
             return
-        framing = b"Transfer-Encoding: chunked\r\n" if self.request.http11 else b"Connection: close\r\n"
-        head = b"%s%sContent-Type: %s\r\nCache-Control: no-store\r\nX-Accel-Buffering: no\r\n%s%s%s\r\n" % (
-            status_line(200),
-            date_header(),
-            content_type,
-            extra_headers,
-            self.response_headers,
-            framing,
-        )
-        self.transport.write(head + self._frame(preamble) if preamble else head)
+        chunked = self.request.http11
+        head = stream_head(content_type, extra_headers + self.response_headers, chunked)
+        if preamble:
+            head += chunk(preamble) if chunked else preamble
+        self.transport.write(head)
 
     @property
     def chunked(self) -> bool:
         """Whether this connection's stream is sent in HTTP chunks (HTTP/1.1) or until close."""
         return self.upgraded is None and self.request is not None and self.request.http11
-
-    def _frame(self, data: bytes) -> bytes:
-        return chunk(data) if self.chunked else data
 
     def write_stream(self, framed: bytes) -> None:
         """Send stream bytes already framed for this connection (see `chunked`): on fan-out a
@@ -653,13 +579,9 @@ class HttpConnection(asyncio.Protocol):
         if self.state is CLOSED or self.transport is None or self.request is None:
             return
         self.state = next_state(self.state, STREAM_ENDS)  # from STREAMING or UPGRADED; anything else is a bug
-        if self.upgraded is not None:
-            if final:
-                self.transport.write(final)
-        elif self.request.http11:
-            self.transport.write((chunk(final) if final else b"") + _LAST_CHUNK)
-        elif final:
-            self.transport.write(final)
+        last = stream_end(final, self.chunked)  # an upgraded stream frames its own ending
+        if last:
+            self.transport.write(last)
         self.held = None
         self.request = None
         self.close()
