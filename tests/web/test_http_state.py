@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
+from tidings.web.deadline import Deadline
 from tidings.web.http import (
     TRANSITIONS,
     Event,
@@ -392,6 +393,36 @@ def test_a_held_request_has_no_edge_timeout(conn: HttpConnection, transport: Rec
     conn.data_received(get("/hold"))
     clock.advance(1000)
     assert conn.state is State.BUSY and not transport.closed
+
+
+def test_a_deadline_moved_later_rearms_its_one_handle_only_when_it_fires() -> None:
+    clock, expired = Clock(), []
+    deadline = Deadline(clock, lambda: expired.append(clock.now))  # type: ignore[arg-type]
+    deadline.set(10)
+    for _ in range(5):  # every request moves it: no new handle
+        clock.now += 5
+        deadline.set(10)
+    assert len(clock.timers) == 1
+    clock.advance(0)  # the first handle fired early (1010 < 1035): re-armed at the deadline
+    clock.advance(9.9)
+    assert expired == []
+    clock.advance(0.2)
+    assert len(expired) == 1 and len(clock.timers) == 0
+
+
+def test_a_deadline_moved_sooner_replaces_its_handle_and_a_cleared_one_never_expires() -> None:
+    clock, expired = Clock(), []
+    deadline = Deadline(clock, lambda: expired.append(clock.now))  # type: ignore[arg-type]
+    deadline.set(75)
+    deadline.set(10)
+    assert [t.cancelled for t in clock.timers] == [True, False]
+    deadline.clear()
+    clock.advance(100)
+    assert expired == []
+    deadline.set(1)
+    deadline.stop()
+    clock.advance(100)
+    assert expired == [] and all(t.cancelled for t in clock.timers)
 
 
 # -- errors
