@@ -10,7 +10,8 @@ from tidings.errors import OverCapacity
 from tidings.hub import Batch, Message, MessageId, already_seen, cursor_token
 from tidings.web import params
 from tidings.web.errors import failing, http_error
-from tidings.web.http import HttpConnection, Request, error_body, shared_answer
+from tidings.web.h1 import error_body, shared_answer
+from tidings.web.http import HttpConnection, Request
 
 if TYPE_CHECKING:
     from tidings.web.types import Services

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from tidings.hub import Batch, Message, MessageId, already_seen, cursor_token
-from tidings.web.http import chunk
+from tidings.web.h1 import chunk
 
 if TYPE_CHECKING:
     from tidings.web.http import HttpConnection
