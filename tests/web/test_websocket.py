@@ -17,7 +17,7 @@ import pytest
 from conftest import ServerProcess, subscribers, wait_until
 from rawhttp import Connection
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 
 async def frame(ws: ClientConnection, timeout: float = 5) -> dict[str, Any]:
@@ -251,3 +251,15 @@ def test_a_handshake_must_be_http_1_1_and_a_426_names_the_protocol(server: Serve
     answer = httpx.get(f"{server.url}/ws/{channel}", timeout=10)
     assert answer.status_code == 426 and answer.json()["error"] == "upgrade_required"
     assert answer.headers["upgrade"] == "websocket" and answer.headers["connection"].lower() == "upgrade"
+
+
+def test_a_bad_cursor_is_refused_before_the_upgrade(server: ServerProcess, channel: str) -> None:
+    async def scenario() -> None:
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(ws_url(server, f"/ws/{channel}?last_id=nonsense")):
+                pass
+        assert refused.value.response.status_code == 400
+        assert json.loads(refused.value.response.body)["error"] == "invalid_cursor"
+
+    asyncio.run(scenario())
+    assert "Traceback" not in server.log()

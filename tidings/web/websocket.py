@@ -238,6 +238,7 @@ def subscribe(app: Services, request: Request, conn: HttpConnection, channels: t
             "this is a WebSocket endpoint: send Upgrade: websocket",
             headers=b"Upgrade: websocket\r\nConnection: Upgrade\r\n",  # RFC 9110 15.5.22: name the protocol
         )
+    cursor = params.cursor(params.query(request), "last_id")  # a bad one is a 400, before the upgrade
     # Our edge has parsed the request already: the library checks it and makes the answer,
     # then a protocol that starts OPEN (its parser expects frames, not a request) takes over.
     headers = Headers([(name.decode("latin-1"), value.decode("latin-1")) for name, value in request.raw_headers])
@@ -248,7 +249,6 @@ def subscribe(app: Services, request: Request, conn: HttpConnection, channels: t
     protocol = ServerProtocol(state=State.OPEN, max_size=app.settings.max_message_bytes + 1024)
     ws = WebSocketStream(app, conn, protocol, request)
     conn.upgrade(response.serialize(), ws)
-    cursor = params.cursor(params.query(request), "last_id")
     app.relay.read(conn, channels, cursor, lambda batch: ws.start(channels, batch), failing(conn), limit=None)
 
 
