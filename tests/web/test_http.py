@@ -271,16 +271,3 @@ def test_head_of_a_subscription_is_405_naming_get(server: ServerProcess, channel
         sent = f"HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
         head, rest = split_response(asyncio.run(raw_exchange(server, sent)))
         assert head["status"] == "405" and head["allow"] == "GET" and rest == b"", (path, head, rest)
-
-
-def test_an_error_after_a_101_closes_the_connection_without_an_http_answer(server: ServerProcess, channel: str) -> None:
-    # A WebSocket handshake is answered 101 before its cursor is read; a bad cursor then cannot
-    # be answered in HTTP (the client reads frames now): the connection closes instead.
-    handshake = (
-        f"GET /ws/{channel}?last_id=not-a-cursor HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    received = asyncio.run(raw_exchange(server, handshake.encode()))
-    head, _, after = received.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 101 "), received
-    assert after == b"", after
