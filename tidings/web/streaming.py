@@ -1,18 +1,24 @@
-"""What SSE, /stream and WebSocket share: a subscriber that stays, whose messages are merged
-into one write per loop turn, with a cap on unsent bytes and a periodic heartbeat.
+"""The one stream engine of SSE, /stream and WebSocket: a subscriber that stays, whose
+messages are merged into one write per loop turn, with a cap on unsent bytes and a periodic
+heartbeat; it keeps the backlog, gap, live and cursor bookkeeping for a set of channels that
+can change (a WebSocket subscribes and unsubscribes; the HTTP streams keep theirs).
 
 Each transport supplies a `StreamFormat` (how a message, a gap, a closed channel and a
 heartbeat look on the wire). Every message frame carries the cursor to resume after it: on a
 single-channel stream that is the message's id, so the frame is built once and shared by every
-stream of that format; on several channels it differs per stream."""
+stream of that format; on several channels it differs per stream.
+
+Where transports differ, at a stream's end, the engine asks its `StreamEnds`: an HTTP stream
+ends its response, also when one of its channels is deleted (`HTTP_ENDS`); a WebSocket
+closes the socket with its own code, and outlives a deleted channel."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Protocol
 
-from tidings.hub import Batch, Message, MessageId, already_seen, cursor_token
+from tidings.hub import ZERO_ID, Batch, Message, MessageId, already_seen, cursor_token
 from tidings.web.h1 import chunk
 
 if TYPE_CHECKING:
@@ -55,13 +61,57 @@ def event_json(name: str, payload: dict[str, object]) -> bytes:
     return json.dumps({"event": name, **payload}, separators=(",", ":")).encode()
 
 
+class StreamEnds(Protocol):
+    """What a transport does at its stream's end."""
+
+    @property
+    def outlives_channels(self) -> bool:
+        """Whether the stream goes on, for its other channels, when one is deleted."""
+
+    def end(self, conn: HttpConnection, final: bytes, slow: bool) -> None:
+        """End the stream on `conn` after `final` (at shutdown, after a deleted channel's
+        `closed` event, or, `slow`, after telling a client that did not keep up)."""
+
+
+class HttpStreamEnds:
+    """SSE and /stream: the response ends (the chunked ending or the close is the goodbye)."""
+
+    outlives_channels = False
+
+    def end(self, conn: HttpConnection, final: bytes, slow: bool) -> None:
+        conn.end_stream(final)
+
+
+HTTP_ENDS = HttpStreamEnds()
+
+
 class Stream:
     """A stream subscriber held on one connection."""
 
-    __slots__ = ("app", "build", "channels", "chunked", "conn", "fmt", "pending", "positions", "registry", "seen_to")
+    __slots__ = (
+        "app",
+        "build",
+        "channels",
+        "chunked",
+        "conn",
+        "ends",
+        "fmt",
+        "pending",
+        "positions",
+        "registry",
+        "seen_to",
+    )
 
-    def __init__(self, app: Services, conn: HttpConnection, channels: tuple[str, ...], fmt: StreamFormat) -> None:
+    def __init__(
+        self,
+        app: Services,
+        conn: HttpConnection,
+        channels: tuple[str, ...],
+        fmt: StreamFormat,
+        ends: StreamEnds = HTTP_ENDS,
+    ) -> None:
         self.registry = app.streams
+        self.ends = ends
         self.app = app
         self.conn = conn
         self.fmt = fmt
@@ -74,6 +124,14 @@ class Stream:
         self._set_channels(channels)
 
     def _set_channels(self, channels: tuple[str, ...]) -> None:
+        # One channel: the frame (cursor = the message id) is shared by every stream on it, and
+        # positions are not kept per message; on the way to several, catch them up: every
+        # message up to the channel's last id has been queued to this stream.
+        if len(self.channels) == 1 and len(channels) > 1:
+            (name,) = self.channels
+            ch = self.app.hub.get(name)
+            if ch is not None and ch.last_id > self.positions.get(name, ZERO_ID):
+                self.positions[name] = ch.last_id
         self.channels = channels
         # Multi-channel cursors differ per stream; a single channel's frames are shared.
         self.build = self._frame_with_cursor if len(channels) > 1 else self._shared_frame
@@ -113,6 +171,20 @@ class Stream:
         self.app.hub.join(channels, self)
         return frames
 
+    def add_channels(self, channels: tuple[str, ...], batch: Batch) -> None:
+        """Take on `channels` while streaming: `batch` (read after the client's cursor on
+        them) goes out as `catch_up` frames it, then what comes live."""
+        self._set_channels(tuple(dict.fromkeys(self.channels + channels)))
+        for frame in self.catch_up(channels, batch):
+            self._queue(frame)
+
+    def remove_channels(self, channels: Iterable[str]) -> None:
+        gone = [name for name in channels if name in self.channels]
+        self.app.hub.leave(gone, self)
+        self._set_channels(tuple(name for name in self.channels if name not in gone))
+        for name in gone:
+            self.positions.pop(name, None)
+
     def _framed(self, data: bytes) -> bytes:
         return chunk(data) if self.chunked else data
 
@@ -150,27 +222,24 @@ class Stream:
         self._leave()
         self.app.stats.slow_disconnects += 1
         conn = self.conn
-        self.end_slow(self.fmt.event("slow", {"detail": "the client did not keep up; resume from your cursor"}))
+        slow = self.fmt.event("slow", {"detail": "the client did not keep up; resume from your cursor"})
+        self.ends.end(conn, slow, True)
         self.app.loop.call_later(SLOW_CLOSE_GRACE, conn.abort)
 
-    def end(self, final: bytes = b"") -> None:
-        """End the stream after `final` (the transport may add its own goodbye)."""
-        self.conn.end_stream(final)
-
-    def end_slow(self, final: bytes) -> None:
-        """End the stream of a client that did not keep up, after `final` (a transport with
-        a goodbye of its own says why)."""
-        self.end(final)
-
     def channel_closed(self, channel: str) -> None:
+        closed = self.fmt.event("closed", {"channel": channel})
+        if self.ends.outlives_channels:
+            self.remove_channels([channel])
+            self.push(closed)
+            return
         self.flush()
         self._leave()
-        self.end(self.fmt.event("closed", {"channel": channel}))
+        self.ends.end(self.conn, closed, False)
 
     def shutdown(self) -> None:
         self.flush()
         self._leave()
-        self.end()
+        self.ends.end(self.conn, b"", False)
 
     def release(self) -> None:
         self._leave()

@@ -30,7 +30,7 @@ from websockets.server import ServerProtocol
 
 from tidings.brokers import Published
 from tidings.errors import TidingsError
-from tidings.hub import MAX_CHANNELS_PER_REQUEST, ZERO_ID, Batch, Cursor, Message, encode_json, validate_channel
+from tidings.hub import MAX_CHANNELS_PER_REQUEST, Batch, Cursor, Message, encode_json, validate_channel
 from tidings.web import params
 from tidings.web.errors import failing, http_error
 from tidings.web.http import HttpConnection, HttpError, Request
@@ -59,38 +59,47 @@ class WebSocketFormat(StreamFormat):
 FORMAT = WebSocketFormat()
 
 
-class WebSocketStream(Stream):
-    """A WebSocket subscriber: a stream whose channels the client can change, and which
-    also takes publishes."""
+class WebSocketSession:
+    """One WebSocket: the sans-I/O `ServerProtocol` for its frames, a stream engine (`Stream`)
+    for what it is subscribed to, and the commands the client sends. The engine asks it, as
+    its `StreamEnds`, how the stream ends: with a close frame, and not when a channel is
+    deleted (the socket keeps its other channels)."""
 
-    __slots__ = ("handshake", "inbox", "joining", "protocol")
+    __slots__ = ("app", "conn", "handshake", "inbox", "joining", "protocol", "stream")
 
-    def __init__(self, app: Services, conn: HttpConnection, protocol: ServerProtocol, handshake: Request) -> None:
-        super().__init__(app, conn, (), FORMAT)
+    outlives_channels = True
+
+    def __init__(
+        self,
+        app: Services,
+        conn: HttpConnection,
+        protocol: ServerProtocol,
+        handshake: Request,
+        channels: tuple[str, ...],
+    ) -> None:
+        self.app = app
+        self.conn = conn
         self.protocol = protocol
         self.handshake = handshake  # its token authorizes the commands sent on the socket
+        self.stream = Stream(app, conn, channels, FORMAT, ends=self)
         self.inbox: list[bytes] | None = []  # what arrives before the first read is answered
         # Channels of subscribe commands whose read is not answered yet (it may wait on the
         # broker): a repeated command must not read their backlog again.
         self.joining: set[str] = set()
 
-    def _set_channels(self, channels: tuple[str, ...]) -> None:
-        # One channel: the frame (cursor = the message id) is shared by every socket on it, and
-        # positions are not kept per message; on the way to several, catch them up: every
-        # message up to the channel's last id has been queued to this socket.
-        if len(self.channels) == 1 and len(channels) > 1:
-            (name,) = self.channels
-            ch = self.app.hub.get(name)
-            if ch is not None and ch.last_id > self.positions.get(name, ZERO_ID):
-                self.positions[name] = ch.last_id
-        super()._set_channels(channels)
-
-    def start(self, channels: tuple[str, ...], batch: Batch) -> None:
-        self._set_channels(channels)
-        self.begin(batch)
+    def start(self, batch: Batch) -> None:
+        self.stream.begin(batch)
         inbox, self.inbox = self.inbox, None
         for data in inbox or ():
             self.receive(data)
+
+    # -- the connection's hold (until the stream begins; then the stream holds it)
+
+    def release(self) -> None:
+        self.stream.release()
+
+    def shutdown(self) -> None:
+        self.stream.shutdown()
 
     # -- bytes from the client
 
@@ -109,7 +118,7 @@ class WebSocketStream(Stream):
                 self._close(CloseCode.UNSUPPORTED_DATA, "binary frames are not supported")
         self._send_protocol_output()
         if protocol.state is State.CLOSED or protocol.close_expected():
-            self._leave()
+            self.stream.release()
             self.conn.close()
 
     def _send_protocol_output(self) -> None:
@@ -130,7 +139,7 @@ class WebSocketStream(Stream):
         if refusal.code in _AUTH_ERRORS:
             self._close(4000 + refusal.status, f"{refusal.code}: {refusal.detail}"[:120])
         else:
-            self.push(FORMAT.event("error", {"error": refusal.code, "detail": refusal.detail}))
+            self.stream.push(FORMAT.event("error", {"error": refusal.code, "detail": refusal.detail}))
 
     def _command(self, payload: bytes) -> None:
         try:
@@ -146,7 +155,7 @@ class WebSocketStream(Stream):
             elif "subscribe" in command:
                 self._subscribe(_channel_list(command["subscribe"]), command.get("last_id"))
             elif "unsubscribe" in command:
-                self._unsubscribe(_channel_list(command["unsubscribe"]))
+                self.stream.remove_channels(_channel_list(command["unsubscribe"]))
             else:
                 raise HttpError(400, "invalid_command", "a frame is a JSON object: publish, subscribe or unsubscribe")
         except TidingsError as exc:
@@ -168,13 +177,14 @@ class WebSocketStream(Stream):
 
     def _published(self, result: Published) -> None:
         body = {"id": str(result.id), "channel": result.channel, "subscribers": result.subscribers}
-        self.push(FORMAT.event("published", body))
+        self.stream.push(FORMAT.event("published", body))
 
     def _subscribe(self, channels: list[str], token: object) -> None:
         if token is not None and not isinstance(token, str):
             raise HttpError(400, "invalid_cursor", "last_id is a cursor string")
-        new = tuple(dict.fromkeys(name for name in channels if name not in self.channels and name not in self.joining))
-        if len(self.channels) + len(self.joining) + len(new) > MAX_CHANNELS_PER_REQUEST:
+        subscribed = self.stream.channels
+        new = tuple(dict.fromkeys(name for name in channels if name not in subscribed and name not in self.joining))
+        if len(subscribed) + len(self.joining) + len(new) > MAX_CHANNELS_PER_REQUEST:
             raise HttpError(400, "invalid_channel", f"at most {MAX_CHANNELS_PER_REQUEST} channels per socket")
         if new:
             self.app.authorize(self.handshake, "subscribe", new)
@@ -186,35 +196,17 @@ class WebSocketStream(Stream):
 
     def _add(self, channels: tuple[str, ...], batch: Batch) -> None:
         self.joining.difference_update(channels)
-        if self.conn.closed:
-            return
-        self._set_channels(tuple(dict.fromkeys(self.channels + channels)))
-        for frame in self.catch_up(channels, batch):
-            self._queue(frame)
+        if not self.conn.closed:
+            self.stream.add_channels(channels, batch)
 
-    def _unsubscribe(self, channels: list[str]) -> None:
-        gone = [name for name in channels if name in self.channels]
-        self.app.hub.leave(gone, self)
-        self._set_channels(tuple(name for name in self.channels if name not in gone))
-        for name in gone:
-            self.positions.pop(name, None)
+    # -- the stream's end (as its `StreamEnds`)
 
-    # -- the stream's ends
-
-    def channel_closed(self, channel: str) -> None:
-        # One channel deleted: say so, and keep the socket for the others.
-        self._unsubscribe([channel])
-        self.push(FORMAT.event("closed", {"channel": channel}))
-
-    def end(self, final: bytes = b"") -> None:
-        self._end_with_close(final, CloseCode.GOING_AWAY, "server shutting down")
-
-    def end_slow(self, final: bytes) -> None:
-        self._end_with_close(final, CloseCode.POLICY_VIOLATION, "slow consumer")
-
-    def _end_with_close(self, final: bytes, code: int, reason: str) -> None:
-        self._close(code, reason)
-        self.conn.end_stream(final + b"".join(self.protocol.data_to_send()))
+    def end(self, conn: HttpConnection, final: bytes, slow: bool) -> None:
+        if slow:
+            self._close(CloseCode.POLICY_VIOLATION, "slow consumer")
+        else:
+            self._close(CloseCode.GOING_AWAY, "server shutting down")
+        conn.end_stream(final + b"".join(self.protocol.data_to_send()))
 
 
 _AUTH_ERRORS = frozenset({"unauthorized", "invalid_token", "forbidden"})
@@ -247,9 +239,9 @@ def subscribe(app: Services, request: Request, conn: HttpConnection, channels: t
         detail = response.body.decode("utf-8", "replace").strip() or "bad WebSocket handshake"
         raise HttpError(response.status_code, "bad_handshake", detail, close=True)
     protocol = ServerProtocol(state=State.OPEN, max_size=app.settings.max_message_bytes + 1024)
-    ws = WebSocketStream(app, conn, protocol, request)
-    conn.upgrade(response.serialize(), ws)
-    app.relay.read(conn, channels, cursor, lambda batch: ws.start(channels, batch), failing(conn), limit=None)
+    session = WebSocketSession(app, conn, protocol, request, channels)
+    conn.upgrade(response.serialize(), session)
+    app.relay.read(conn, channels, cursor, session.start, failing(conn), limit=None)
 
 
-__all__ = ["FORMAT", "WebSocketStream", "subscribe"]
+__all__ = ["FORMAT", "WebSocketSession", "subscribe"]
