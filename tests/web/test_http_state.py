@@ -8,6 +8,7 @@ import re
 from collections.abc import Callable
 
 import pytest
+from stubs import RecordingTransport
 
 from tidings.web.deadline import Deadline
 from tidings.web.http import (
@@ -21,35 +22,6 @@ from tidings.web.http import (
     State,
     next_state,
 )
-
-
-class RecordingTransport:
-    def __init__(self) -> None:
-        self.written = b""
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        assert not self.closed, "written after close"
-        self.written += data
-
-    def take(self) -> bytes:
-        data, self.written = self.written, b""
-        return data
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def get_extra_info(self, name: str) -> object:
-        return ("192.0.2.7", 40000) if name == "peername" else None
 
 
 class Timer:

@@ -10,6 +10,7 @@ import json
 from collections.abc import Iterator
 
 import pytest
+from stubs import RecordingTransport
 from websockets.frames import Frame, Opcode
 
 from tidings.brokers.memory import MemoryBroker
@@ -22,34 +23,6 @@ HANDSHAKE = (
     b"GET /ws/%s HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
 )
-
-
-class RecordingTransport:
-    def __init__(self) -> None:
-        self.written = b""
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.written += data
-
-    def take(self) -> bytes:
-        data, self.written = self.written, b""
-        return data
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def get_extra_info(self, name: str) -> object:
-        return ("192.0.2.7", 40000) if name == "peername" else None
 
 
 class Server:
