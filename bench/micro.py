@@ -35,14 +35,13 @@ class StubTransport:
 async def measure(subscribers: int = 1000, rounds: int = 100, publishes: int = 20000) -> dict[str, float]:
     loop = asyncio.get_running_loop()
     hub = Hub(buffer_size=1000, buffer_ttl=3600, now_ms=wall_clock_ms())
-    broker = MemoryBroker(hub)
-    app = App(Settings(), hub, broker, loop)
+    app = App(Settings(), hub, MemoryBroker(hub), loop)
     conns = []
     for _ in range(subscribers):
         conn = HttpConnection(app, app.limits, loop)
         conn.connection_made(StubTransport())  # type: ignore[arg-type]
         conns.append(conn)
-    cursor = str(broker.publish("ch", "warm-up").id)
+    cursor = str(hub.publish("ch", "warm-up", wall_clock_ms()).id)
     poll_s = wake_s = 0.0
     for _ in range(rounds):
         request = b"GET /sub/ch?timeout=100&last_id=%s HTTP/1.1\r\nHost: b\r\n\r\n" % cursor.encode()
@@ -50,7 +49,7 @@ async def measure(subscribers: int = 1000, rounds: int = 100, publishes: int = 2
         for conn in conns:
             conn.data_received(request)
         t1 = time.perf_counter()
-        published = broker.publish("ch", "1 2")
+        published = hub.publish("ch", "1 2", wall_clock_ms())
         await asyncio.sleep(0)  # the end of the loop turn, where woken long-polls write
         poll_s += t1 - t0
         wake_s += time.perf_counter() - t1

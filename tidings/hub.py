@@ -366,6 +366,15 @@ class Batch:
 
 
 @dataclass(frozen=True, slots=True)
+class Published:
+    """A publish's answer: the message's id and how many subscribers it reached."""
+
+    id: MessageId
+    channel: str
+    subscribers: int
+
+
+@dataclass(frozen=True, slots=True)
 class ChannelInfo:
     channel: str
     subscribers: int
@@ -430,7 +439,8 @@ class Hub:
         return self.channels.get(name)
 
     def channel(self, name: str) -> Channel:
-        """The channel `name`, created if need be (callers check the cap first: `make_room`)."""
+        """The channel `name`, created if need be (`make_room` checks the cap first: `wait`,
+        `join` and `make_message` call it)."""
         ch = self.channels.get(name)
         if ch is None:
             ch = self.channels[name] = Channel(name, self.tombstones.pop(name, self.floor), self.tally)
@@ -511,6 +521,12 @@ class Hub:
             if growth > 0 and self.tally.bytes + growth > limit and not self._fits_in_own_buffer(ch, message):
                 raise BuffersFull(f"this server buffers at most {limit} bytes of messages")
         return message
+
+    def publish(self, name: str, data: JSONValue, now_ms: int) -> Published:
+        """Publish in this process: number the message here, store it and deliver it (the relay
+        does this when the broker leaves numbering to each process). Raises OverCapacity."""
+        message = self.make_message(name, data, now_ms)
+        return Published(message.id, name, self.ingest(message, now_ms))
 
     def _fits_in_own_buffer(self, ch: Channel | None, message: Message) -> bool:
         """Over the byte cap, a channel may give up its own older messages for a new one (`ingest`
@@ -669,7 +685,11 @@ class Hub:
         gaps = [] if cursor.oldest else incomplete
         return Batch(pending, positions, gaps, more, incomplete, starts)
 
-    def wait(self, names: Iterable[str], waiter: Waiter) -> None:
+    def wait(self, names: Sequence[str], waiter: Waiter) -> None:
+        """Hold `waiter` on `names` until a message (`Waiter.wake`). Raises TooManyChannels,
+        with nothing changed, when holding them would take this hub past `max_channels`."""
+        if self.max_channels:
+            self.make_room(names)
         for name in names:
             self.channel(name).waiters.add(waiter)
 
@@ -679,7 +699,11 @@ class Hub:
             if ch is not None:
                 ch.waiters.discard(waiter)
 
-    def join(self, names: Iterable[str], stream: StreamSubscriber) -> None:
+    def join(self, names: Sequence[str], stream: StreamSubscriber) -> None:
+        """Deliver what comes on `names` to `stream` until it leaves. Raises TooManyChannels
+        as `wait` does."""
+        if self.max_channels:
+            self.make_room(names)
         for name in names:
             ch = self.channel(name)
             if ch.streams is None:

@@ -1,14 +1,15 @@
 """The relay: what the server does with messages, with no HTTP in it. Publish, delete and
-channel info go to the broker; reads are answered from the hub, through the bus when this
-process's buffers cannot answer alone; publishes are counted and timed. HTTP publish, the
-WebSocket's commands, /channels and every subscribe path go through it.
+channel info go to this process's hub or over the bus; reads are answered from the hub,
+through the bus when this process's buffers cannot answer alone; publishes are counted and
+timed; deliveries wait for the end of the loop turn (`TurnBatcher`). HTTP publish, the
+WebSocket's commands, /channels, every subscribe path and `tidings publish --redis` go through it.
 
-A broker answers at once when it can and with an awaitable when it must talk to a bus
-(`Broker.publish`); this is the one place that tells the two apart. So each operation takes
-continuations instead of returning: `answer(result)`, called at once or later from a task,
-and `fail(error)` with an error of the domain — `BrokerUnavailable` (the bus is away),
-`OverCapacity` (a memory cap of this process), `BrokerFailed` (anything else; logged here).
-Transports map those to what their clients see (`tidings/web/errors.py` for HTTP).
+Where each process numbers its own messages (the memory and ZeroMQ brokers) the relay
+publishes into the hub and answers at once; a `NumberingBus` (Redis) answers later, from a
+task. So each operation takes continuations instead of returning: `answer(result)`, called at
+once or later, and `fail(error)` with an error of the domain — `BrokerUnavailable` (the bus is
+away), `OverCapacity` (a memory cap of this process), `BrokerFailed` (anything else; logged
+here). Transports map those to what their clients see (`tidings/web/errors.py` for HTTP).
 """
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, TypeVar
 
 from prometheus_client import Histogram
 
-from tidings.brokers import Broker, Published
+from tidings.brokers import Broker, NumberingBus
 from tidings.errors import BrokerFailed, BrokerUnavailable, OverCapacity
-from tidings.hub import DEFAULT_BATCH, Batch, ChannelInfo, Cursor, Hub, JSONValue, wall_clock_ms
+from tidings.hub import DEFAULT_BATCH, Batch, ChannelInfo, Cursor, Hub, JSONValue, Published, wall_clock_ms
 
 log = logging.getLogger("tidings")
 T = TypeVar("T")
@@ -38,6 +39,33 @@ class Requester(Protocol):
 
     @property
     def closed(self) -> bool: ...
+
+
+class Flushable(Protocol):
+    def flush(self) -> None: ...
+
+
+class TurnBatcher:
+    """Deliveries collected during one loop turn and written together at its end.
+
+    A publish marks its subscribers due and returns at once (so its own answer is not held up
+    by the fan-out); one callback per loop turn then flushes every due subscriber, which
+    merges whatever it gathered in the meantime into a single write."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._due: list[Flushable] = []
+
+    def schedule(self, item: Flushable) -> None:
+        """Call `item.flush()` at the end of this loop turn (callers schedule an item once)."""
+        if not self._due:
+            self.loop.call_soon(self._run)
+        self._due.append(item)
+
+    def _run(self) -> None:
+        due, self._due = self._due, []
+        for item in due:
+            item.flush()
 
 
 class PublishStats:
@@ -60,7 +88,9 @@ class Relay:
     def __init__(self, hub: Hub, broker: Broker, loop: asyncio.AbstractEventLoop) -> None:
         self.hub = hub
         self.broker = broker
+        self.bus: NumberingBus | None = broker if isinstance(broker, NumberingBus) else None
         self.loop = loop
+        self.batcher = TurnBatcher(loop)
         self.stats = PublishStats()
         self.tasks: set[asyncio.Task[None]] = set()  # broker calls under way (shutdown waits for them)
 
@@ -78,21 +108,29 @@ class Relay:
             stats.refused += 1
             fail(error)
 
-        # `_call` inlined: on the hot path a lambda and a call less save ~0.2 us per publish
-        # (~1.5% of an HTTP publish in bench.micro).
+        if self.bus is not None:
+            self._spawn(self._answer_when_done(self.bus.publish(channel, data), accepted, refused))
+            return
         try:
-            result = self.broker.publish(channel, data)
-        except REFUSALS as exc:
+            result = self.hub.publish(channel, data, wall_clock_ms())
+        except OverCapacity as exc:
             refused(exc)
             return
-        self._answer_now_or_later(result, accepted, refused)
+        self.broker.forward(channel, data)
+        accepted(result)
 
     def delete(self, channel: str, answer: Callable[[int | None], None], fail: Fail) -> None:
         """Delete `channel` everywhere; answers with the number of subscribers told (None: it held nothing)."""
-        self._call(lambda: self.broker.delete(channel), answer, fail)
+        if self.bus is not None:
+            self._spawn(self._answer_when_done(self.bus.delete(channel), answer, fail))
+        else:
+            answer(self.hub.delete(channel))
 
     def info(self, channel: str, answer: Callable[[ChannelInfo], None], fail: Fail) -> None:
-        self._call(lambda: self.broker.info(channel, wall_clock_ms()), answer, fail)
+        if self.bus is not None:
+            self._spawn(self._answer_when_done(self.bus.info(channel, wall_clock_ms()), answer, fail))
+        else:
+            answer(self.hub.info(channel, wall_clock_ms()))
 
     def read(
         self,
@@ -104,64 +142,40 @@ class Relay:
         limit: int | None = DEFAULT_BATCH,
     ) -> None:
         """Read after `cursor` and continue with `answer(batch)`: at once from this process's
-        buffers, or — when they do not reach back to the cursor and the broker keeps history
-        — after the broker has filled them in. With the broker unreachable, the local answer
-        stands (a gap at worst). `fail` hears of an `answer` that raised after a wait."""
+        buffers, or — when they do not reach back to the cursor and the broker keeps history,
+        or the channels are not subscribed on the bus yet — after the broker has filled them
+        in. With the broker unreachable, the local answer stands (a gap at worst). `fail`
+        hears of an `answer` that raised after a wait."""
         broker = self.broker
         if broker.needs_activation and not broker.ready(channels):
-            self._spawn(self._read_through(requester, channels, cursor, answer, fail, limit))
-            return
-        batch = self.hub.read(channels, cursor, wall_clock_ms(), limit)
-        if batch.incomplete and broker.keeps_history:
-            self._spawn(self._read_through(requester, channels, cursor, answer, fail, limit, batch.incomplete))
+            filled = self._activate_and_fill(channels, cursor, limit)
         else:
-            answer(batch)
+            batch = self.hub.read(channels, cursor, wall_clock_ms(), limit)
+            if not (batch.incomplete and broker.keeps_history):
+                answer(batch)
+                return
+            filled = broker.fill(batch.incomplete, cursor)
 
-    async def _read_through(
-        self,
-        requester: Requester,
-        channels: tuple[str, ...],
-        cursor: Cursor,
-        answer: Callable[[Batch], None],
-        fail: Fail,
-        limit: int | None,
-        incomplete: list[str] | None = None,
-    ) -> None:
-        try:
-            if incomplete is None:  # the channels are not subscribed on the bus yet
-                await self.broker.activate(channels)
-                incomplete = []
-                if self.broker.keeps_history:  # (a bus without history has nothing to fill in)
-                    incomplete = self.hub.read(channels, cursor, wall_clock_ms(), limit).incomplete
+        async def read_when_filled() -> None:
+            try:
+                await filled
+            except BrokerUnavailable as exc:
+                log.debug("history not available, answering from local buffers: %s", exc)
+            if not requester.closed:
+                self._answer_late(answer, self.hub.read(channels, cursor, wall_clock_ms(), limit), fail)
+
+        self._spawn(read_when_filled())
+
+    async def _activate_and_fill(self, channels: tuple[str, ...], cursor: Cursor, limit: int | None) -> None:
+        await self.broker.activate(channels)
+        if self.broker.keeps_history:  # (a bus without history has nothing to fill in)
+            incomplete = self.hub.read(channels, cursor, wall_clock_ms(), limit).incomplete
             if incomplete:
                 await self.broker.fill(incomplete, cursor)
-        except BrokerUnavailable as exc:
-            log.debug("history not available, answering from local buffers: %s", exc)
-        if requester.closed:
-            return
-        self._answer_late(answer, self.hub.read(channels, cursor, wall_clock_ms(), limit), fail)
 
-    # -- broker calls
+    # -- answers from the bus
 
-    def _call(self, call: Callable[[], T | Awaitable[T]], answer: Callable[[T], None], fail: Fail) -> None:
-        try:
-            result = call()
-        except REFUSALS as exc:
-            fail(exc)
-            return
-        self._answer_now_or_later(result, answer, fail)
-
-    def _answer_now_or_later(self, result: T | Awaitable[T], answer: Callable[[T], None], fail: Fail) -> None:
-        """Answer at once when the broker did (the memory broker always does, and ZeroMQ's
-        publish), from a task when it returned an awaitable. Measured on uvloop: a task per
-        in-memory publish costs ~0.7 us more (~5% of an HTTP publish in bench.micro), and
-        when many publishes arrive in one loop turn, ~10 us more each."""
-        if isinstance(result, Awaitable):
-            self._spawn(self._answer_when_done(result, answer, fail))
-        else:
-            answer(result)
-
-    async def _answer_when_done(self, pending: Awaitable[T], answer: Callable[[T], None], fail: Fail) -> None:
+    async def _answer_when_done(self, pending: Coroutine[Any, Any, T], answer: Callable[[T], None], fail: Fail) -> None:
         try:
             result = await pending
         except REFUSALS as exc:

@@ -15,7 +15,7 @@ from websockets.frames import Frame, Opcode
 
 from tidings.brokers.memory import MemoryBroker
 from tidings.config import Settings
-from tidings.hub import Hub, wall_clock_ms
+from tidings.hub import Hub, Published, wall_clock_ms
 from tidings.web.app import App
 from tidings.web.http import HttpConnection
 
@@ -31,6 +31,9 @@ class Server:
         self.hub = Hub(buffer_size=100, buffer_ttl=3600, now_ms=wall_clock_ms())
         self.broker = MemoryBroker(self.hub)
         self.app = App(Settings(), self.hub, self.broker, loop)
+
+    def publish(self, channel: str, data: object) -> Published:
+        return self.hub.publish(channel, data, wall_clock_ms())
 
     def connect(self, request: bytes) -> Client:
         client = Client(self, HttpConnection(self.app, self.app.limits, self.loop))
@@ -88,10 +91,10 @@ def upgrade(server: Server, channels: bytes) -> Client:
 
 def test_a_websocket_outlives_a_deleted_channel(server: Server) -> None:
     transport = upgrade(server, b"a,b")
-    server.broker.delete("a")
+    server.hub.delete("a")
     server.turn()
     assert ws_events(transport.take()) == [{"type": "closed", "channel": "a"}]
-    published = server.broker.publish("b", "still here")
+    published = server.publish("b", "still here")
     server.turn()
     (event,) = ws_events(transport.take())
     assert event["last_id"] == str(published.id)  # one channel left: the message's own id
@@ -101,7 +104,7 @@ def test_a_websocket_outlives_a_deleted_channel(server: Server) -> None:
 def test_an_http_stream_ends_when_its_channel_is_deleted(server: Server) -> None:
     transport = server.connect(b"GET /stream/a HTTP/1.1\r\nHost: t\r\n\r\n")
     transport.take()
-    server.broker.delete("a")
+    server.hub.delete("a")
     server.turn()
     assert transport.take().endswith(b'{"event":"closed","channel":"a"}\n\r\n0\r\n\r\n')
     assert transport.closed
@@ -109,17 +112,17 @@ def test_an_http_stream_ends_when_its_channel_is_deleted(server: Server) -> None
 
 def test_subscribing_a_second_channel_carries_the_first_ones_position(server: Server) -> None:
     transport = upgrade(server, b"a")
-    on_a = server.broker.publish("a", 1)
+    on_a = server.publish("a", 1)
     server.turn()
     transport.take()
     transport.send(command({"subscribe": ["b"]}))
-    on_b = server.broker.publish("b", 2)
+    on_b = server.publish("b", 2)
     server.turn()
     (event,) = ws_events(transport.take())
     assert event["last_id"] == f"a:{on_a.id},b:{on_b.id}"
     transport.send(command({"unsubscribe": ["a"]}))
-    again = server.broker.publish("b", 3)
-    server.broker.publish("a", 4)
+    again = server.publish("b", 3)
+    server.publish("a", 4)
     server.turn()
     (event,) = ws_events(transport.take())
     assert event["last_id"] == str(again.id)

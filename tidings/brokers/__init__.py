@@ -1,8 +1,8 @@
 """Message buses behind one interface; the hub never knows which one is in use."""
 
-from tidings.brokers.base import Broker, Published
+from tidings.brokers.base import Broker, NumberingBus
 from tidings.config import Settings
-from tidings.hub import Hub, wall_clock_ms
+from tidings.hub import Hub, Published, wall_clock_ms
 
 
 def create_broker(settings: Settings) -> Broker:
@@ -41,4 +41,4 @@ def _hub(settings: Settings, broker: type[Broker]) -> Hub:
     )
 
 
-__all__ = ["Broker", "Published", "create_broker"]
+__all__ = ["Broker", "NumberingBus", "Published", "create_broker"]

@@ -1,10 +1,14 @@
 """The interface every bus implements.
 
-A broker owns where ids come from and how a published message reaches every process;
-it hands each message to the local hub with `hub.ingest`, which delivers it to this
-process's subscribers. Transports talk to the hub for joining and waiting, and to the
-broker only through the relay (`tidings/relay.py`), which handles its answers coming at
-once or as awaitables.
+A broker owns how a published message reaches every process; it hands each message that
+arrives from the bus to the local hub with `hub.ingest`, which delivers it to this process's
+subscribers. Transports reach it only through the relay (`tidings/relay.py`).
+
+Two kinds. Where each process numbers what is published in it (memory, ZeroMQ), a publish is
+made in this process's hub by the relay, at once, and handed to `Broker.forward` for the other
+processes; a delete and a channel's info are this process's. A `NumberingBus` (Redis) numbers
+messages itself: publish, delete and info go over it and answer later (coroutines), and every
+process — this one too — gets each message back from the bus.
 """
 
 from __future__ import annotations
@@ -13,10 +17,8 @@ import asyncio
 import contextlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable
-from dataclasses import dataclass
 
-from tidings.hub import ChannelInfo, Cursor, Hub, JSONValue, MessageId
+from tidings.hub import ChannelInfo, Cursor, Hub, JSONValue, Published
 
 
 async def cancel_all(tasks: list[asyncio.Task[None]]) -> None:
@@ -38,14 +40,7 @@ def foreign_data(payload: bytes) -> JSONValue:
     return text
 
 
-@dataclass(frozen=True, slots=True)
-class Published:
-    id: MessageId
-    channel: str
-    subscribers: int
-
-
-class Broker(ABC):
+class Broker:
     name: str
 
     def __init__(self, hub: Hub) -> None:
@@ -61,30 +56,16 @@ class Broker(ABC):
     def healthy(self) -> bool:
         return True
 
-    # publish and delete answer at once when the broker can (the in-memory one always
-    # can: no task, no extra loop turn per publish); a broker that must talk to a bus
-    # returns an awaitable instead.
+    # Whether the bus numbers messages (a `NumberingBus`).
+    follows_bus = False
 
-    @abstractmethod
-    def publish(self, channel: str, data: JSONValue) -> Published | Awaitable[Published]:
-        """Publish to every process; raises (or the awaitable raises) BrokerUnavailable."""
-
-    @abstractmethod
-    def delete(self, channel: str) -> int | Awaitable[int | None] | None:
-        """Delete a channel everywhere; the number of subscribers told, None if the
-        channel did not exist."""
-
-    def info(self, channel: str, now_ms: int) -> ChannelInfo | Awaitable[ChannelInfo]:
-        """A channel's subscribers (over every process on the bus), buffered count, last id."""
-        return self.hub.info(channel, now_ms)
+    def forward(self, channel: str, data: JSONValue) -> None:
+        """Carry a message published (and delivered) in this process to the other processes;
+        the memory broker has none."""
 
     # A broker that keeps history of its own (beyond this process's buffers) fills in
     # reads the hub cannot answer completely; the hub's buffers are then a cache of it.
     keeps_history = False
-
-    # A broker whose ids are the same in every process: a client may hold a cursor from a
-    # process ahead of this one (see `Hub.follows_bus`).
-    follows_bus = False
 
     async def fill(self, channels: list[str], cursor: Cursor) -> None:
         """Load the history after `cursor` on `channels` into the hub (`Hub.backfill`)."""
@@ -102,3 +83,23 @@ class Broker(ABC):
     def stats(self) -> dict[str, JSONValue]:
         """Figures about the bus for /healthz."""
         return {}
+
+
+class NumberingBus(Broker, ABC):
+    """A bus that numbers the messages (Redis): ids are the same in every process, so a client
+    may hold a cursor from a process ahead of this one (see `Hub.follows_bus`)."""
+
+    follows_bus = True
+
+    @abstractmethod
+    async def publish(self, channel: str, data: JSONValue) -> Published:
+        """Publish to every process; raises BrokerUnavailable when the bus is away."""
+
+    @abstractmethod
+    async def delete(self, channel: str) -> int | None:
+        """Delete a channel everywhere: the number of subscribers told, None if the channel
+        held nothing."""
+
+    @abstractmethod
+    async def info(self, channel: str, now_ms: int) -> ChannelInfo:
+        """A channel's subscribers over every process, its buffered count and last id."""

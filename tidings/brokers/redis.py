@@ -34,7 +34,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from tidings.brokers.base import Broker, Published, cancel_all, foreign_data
+from tidings.brokers.base import NumberingBus, cancel_all, foreign_data
 from tidings.errors import BrokerUnavailable, InvalidChannel
 from tidings.hub import (
     ZERO_ID,
@@ -44,6 +44,7 @@ from tidings.hub import (
     JSONValue,
     Message,
     MessageId,
+    Published,
     encode_json,
     validate_channel,
     wall_clock_ms,
@@ -291,10 +292,9 @@ class RedisStore:
         await self.client.aclose()
 
 
-class RedisBroker(Broker):
+class RedisBroker(NumberingBus):
     name = "redis"
     keeps_history = True  # every buffered message is in Redis too
-    follows_bus = True  # ids are Redis's: clients may hold cursors from processes ahead of this one
 
     def __init__(self, hub: Hub, url: str, prefix: str = DEFAULT_PREFIX, plain: str = "") -> None:
         super().__init__(hub)

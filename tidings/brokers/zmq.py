@@ -31,7 +31,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from tidings.brokers.base import Published, cancel_all, foreign_data
+from tidings.brokers.base import cancel_all, foreign_data
 from tidings.brokers.memory import MemoryBroker
 from tidings.errors import InvalidChannel
 from tidings.hub import Hub, JSONValue, Message, MessageId, encode_json, validate_channel, wall_clock_ms
@@ -114,13 +114,11 @@ class ZmqBroker(MemoryBroker):
 
     # -- publishing
 
-    def publish(self, channel: str, data: JSONValue) -> Published:
-        # Delivered here at once (this process's numbering), and to the other processes through
-        # the forwarder; a forwarder that is away only costs the others this message.
-        published = super().publish(channel, data)
+    def forward(self, channel: str, data: JSONValue) -> None:
+        # Delivered here already (this process's numbering); the other processes get it through
+        # the forwarder, and a forwarder that is away only costs them this message.
         seq = self.sent[channel] = self.sent.get(channel, 0) + 1
         self._send(channel, encode_json(data), b"%s %d" % (self.node.encode(), seq))
-        return published
 
     def _send(self, channel: str, payload: bytes, meta: bytes) -> None:
         with contextlib.suppress(zmq.Again):  # a PUB socket drops rather than block

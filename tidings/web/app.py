@@ -1,20 +1,23 @@
-"""The application: routes requests to the transport modules and keeps what they share
-(`web/types.py` says what that is; this module implements it, and only the server imports it)."""
+"""The application: routes requests to the transport modules, publishes and deletes (POST and
+DELETE /pub/{channel}, through the relay to the broker, so they reach every process on the bus),
+and keeps what the transports share (`web/types.py` says what that is; this module implements
+it, and only the server imports it)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
+from urllib.parse import parse_qsl
 
 from tidings.auth import Auth
 from tidings.brokers import Broker
 from tidings.config import Settings
 from tidings.errors import TidingsError
-from tidings.hub import Hub, parse_channels, wall_clock_ms
+from tidings.hub import Hub, JSONValue, Published, encode_json, parse_channels, validate_channel, wall_clock_ms
 from tidings.relay import Relay
-from tidings.web import info, longpoll, metrics, openapi, publish, sse, static, stream, websocket
-from tidings.web.batch import TurnBatcher
-from tidings.web.errors import http_error
+from tidings.web import info, longpoll, metrics, openapi, sse, static, stream, websocket
+from tidings.web.errors import failing, http_error
 from tidings.web.forwarded import ForwardedHeaders
 from tidings.web.http import HttpConnection, HttpError, Limits, Request
 from tidings.web.origin import OriginPolicy
@@ -40,7 +43,7 @@ class App:
             access_log=settings.access_log,
         )
         self.connections: set[HttpConnection] = set()
-        self.batcher = TurnBatcher(loop)
+        self.batcher = self.relay.batcher
         self.timeouts = TimeoutWheel(loop)
         self.streams = StreamRegistry(loop, settings.heartbeat, settings.stream_buffer_bytes)
         self.static = static.StaticFiles()
@@ -144,21 +147,17 @@ class App:
                 self.check_origin(request)
             self.authorize(request, "subscribe", channels)
             self.check_room(channels)
-            # Holding channels past --max-channels is refused (507) as a stream or WebSocket
-            # arrives, and as a long-poll is about to wait (one answered at once holds nothing).
-            # A stream that first waits on the bus (ZeroMQ activation, Redis history) is checked
-            # as it arrives: several in flight together may take it a few past.
-            if head != "sub":
-                self.hub.make_room(channels)
             subscribe(self, request, conn, channels)
         elif head == "pub" and rest:
             _allow(method, "POST", "DELETE")
             self.check_origin(request)
             self.authorize(request, "publish", [rest])
+            validate_channel(rest)
             if method == "POST":
-                publish.publish(self, request, conn, rest)
+                data = message_data(request)
+                self.relay.publish(rest, data, lambda result: _answer_publish(conn, result), failing(conn))
             else:
-                publish.delete(self, request, conn, rest)
+                self.relay.delete(rest, lambda told: _answer_delete(conn, rest, told), failing(conn))
         elif head == "channels" and rest:
             _allow(method, "GET", "HEAD")
             self.authorize(request, "subscribe", [rest])
@@ -177,6 +176,50 @@ class App:
             self.static.serve(request.path, conn)
         else:
             raise HttpError(404, "not_found", f"no such resource: {request.path[:200]}")
+
+
+def message_data(request: Request) -> JSONValue:
+    """A JSON body is parsed, a form body becomes an object of its fields, anything else is
+    a UTF-8 string."""
+    content_type = request.header(b"content-type").partition(";")[0].strip().lower()
+    try:
+        text = request.body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise HttpError(400, "invalid_body", "the message body is not valid UTF-8") from None
+    if content_type == "application/json" or content_type.endswith("+json"):
+        try:
+            return json.loads(text)
+        except ValueError as exc:
+            raise HttpError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+    if content_type == "application/x-www-form-urlencoded":
+        fields: dict[str, JSONValue] = {}
+        for key, value in parse_qsl(text, keep_blank_values=True):
+            previous = fields.get(key)
+            if previous is None:
+                fields[key] = value
+            elif isinstance(previous, list):
+                previous.append(value)
+            else:
+                fields[key] = [previous, value]
+        return fields
+    return text
+
+
+def _answer_publish(conn: HttpConnection, result: Published) -> None:
+    # Channel names and ids need no JSON escaping (validated characters, digits).
+    body = b'{"id":"%s","channel":"%s","subscribers":%d}' % (
+        str(result.id).encode(),
+        result.channel.encode(),
+        result.subscribers,
+    )
+    conn.respond(201 if result.subscribers else 202, body)
+
+
+def _answer_delete(conn: HttpConnection, channel: str, told: int | None) -> None:
+    # Every valid name is a channel, empty until used (as GET /channels/{channel} answers), so
+    # deleting one that holds nothing succeeds too: whether a broker still kept it is a matter
+    # of when it was last reclaimed or expired, not something for a status code to depend on.
+    conn.respond(200, encode_json({"channel": channel, "deleted": True, "subscribers": told or 0}))
 
 
 _SUBSCRIPTIONS = {

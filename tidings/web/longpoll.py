@@ -123,13 +123,13 @@ def subscribe(app: Services, request: Request, conn: HttpConnection, channels: t
         if batch.messages or batch.gaps or timeout == 0 or conn.stopping:
             answer(conn, channels, batch.messages, batch.positions, bool(batch.gaps))
             return
+        waiter = LongPoll(app, conn, channels, batch.positions, timeout)
         try:
-            app.hub.make_room(channels)
+            app.hub.wait(channels, waiter)  # (a long-poll answered at once holds no channel)
         except OverCapacity as exc:
+            waiter.release()
             conn.respond_error(http_error(exc))
             return
-        waiter = LongPoll(app, conn, channels, batch.positions, timeout)
-        app.hub.wait(channels, waiter)
         conn.hold(waiter)
 
     app.relay.read(conn, channels, cursor, answer_or_wait, failing(conn))

@@ -148,6 +148,7 @@ class Stream:
 
     def begin(self, batch: Batch) -> None:
         """Send the headers, any gap and the backlog after the client's cursor, and join the hub."""
+        self.app.hub.join(self.channels, self)  # first: past --max-channels it raises, nothing sent
         self.chunked = False  # the backlog goes out unframed, as the stream's preamble
         backlog = self.catch_up(self.channels, batch)
         self.conn.start_stream(self.fmt.content_type, preamble=self.fmt.preamble() + b"".join(backlog))
@@ -157,9 +158,9 @@ class Stream:
 
     def catch_up(self, channels: tuple[str, ...], batch: Batch) -> list[bytes]:
         """The frames (for the connection as it is framed now) of `batch`, read after the
-        client's cursor on `channels` (which this stream has taken on): a gap event if messages
-        are missing, then the backlog, each message with the cursor to resume after it. Joins
-        the hub on `channels`, so that what follows comes live."""
+        client's cursor on `channels` (which this stream has taken on and joined in the hub, so
+        that what follows comes live): a gap event if messages are missing, then the backlog,
+        each message with the cursor to resume after it."""
         frames = []
         if batch.gaps:
             self.app.stats.gaps_served += 1
@@ -168,12 +169,12 @@ class Stream:
         frames.extend(self.build(m) for m in batch.messages)
         self.positions.update(batch.positions)
         self.seen_to = {**self.seen_to, **batch.positions}
-        self.app.hub.join(channels, self)
         return frames
 
     def add_channels(self, channels: tuple[str, ...], batch: Batch) -> None:
         """Take on `channels` while streaming: `batch` (read after the client's cursor on
         them) goes out as `catch_up` frames it, then what comes live."""
+        self.app.hub.join(channels, self)  # first: past --max-channels it raises, nothing changed
         self._set_channels(tuple(dict.fromkeys(self.channels + channels)))
         for frame in self.catch_up(channels, batch):
             self._queue(frame)

@@ -28,9 +28,8 @@ from websockets.http11 import Request as WsRequest
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from tidings.brokers import Published
 from tidings.errors import TidingsError
-from tidings.hub import MAX_CHANNELS_PER_REQUEST, Batch, Cursor, Message, encode_json, validate_channel
+from tidings.hub import MAX_CHANNELS_PER_REQUEST, Batch, Cursor, Message, Published, encode_json, validate_channel
 from tidings.web import params
 from tidings.web.errors import failing, http_error
 from tidings.web.http import HttpConnection, HttpError, Request
@@ -189,7 +188,6 @@ class WebSocketSession:
         if new:
             self.app.authorize(self.handshake, "subscribe", new)
             self.app.check_room(new)
-            self.app.hub.make_room(new)
             self.joining.update(new)
             cursor = Cursor.parse(token)
             self.app.relay.read(self.conn, new, cursor, lambda batch: self._add(new, batch), self._refuse, limit=None)
@@ -231,6 +229,9 @@ def subscribe(app: Services, request: Request, conn: HttpConnection, channels: t
             headers=b"Upgrade: websocket\r\nConnection: Upgrade\r\n",  # RFC 9110 15.5.22: name the protocol
         )
     cursor = params.cursor(params.query(request), "last_id")  # a bad one is a 400, before the upgrade
+    # Past --max-channels `Hub.join` refuses; checked here too, so that the refusal is a 507
+    # before the upgrade rather than a closed socket after it.
+    app.hub.make_room(channels)
     # Our edge has parsed the request already: the library checks it and makes the answer,
     # then a protocol that starts OPEN (its parser expects frames, not a request) takes over.
     headers = Headers([(name.decode("latin-1"), value.decode("latin-1")) for name, value in request.raw_headers])
