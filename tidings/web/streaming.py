@@ -3,10 +3,11 @@ messages are merged into one write per loop turn, with a cap on unsent bytes and
 heartbeat; it keeps the backlog, gap, live and cursor bookkeeping for a set of channels that
 can change (a WebSocket subscribes and unsubscribes; the HTTP streams keep theirs).
 
-Each transport supplies a `StreamFormat` (how a message, a gap, a closed channel and a
-heartbeat look on the wire). Every message frame carries the cursor to resume after it: on a
-single-channel stream that is the message's id, so the frame is built once and shared by every
-stream of that format; on several channels it differs per stream.
+Each transport picks a `StreamFormat`: how a message, a gap, a closed channel and a heartbeat
+look on the wire. The four are at the end of this module (`SSE`, `NDJSON`, `HTML`, `WEBSOCKET`),
+so that one message's way to any stream can be read here. Every message frame carries the
+cursor to resume after it: on a single-channel stream that is the message's id, so the frame is
+built once and shared by every stream of that format; on several channels it differs per stream.
 
 Where transports differ, at a stream's end, the engine asks its `StreamEnds`: an HTTP stream
 ends its response, also when one of its channels is deleted (`HTTP_ENDS`); a WebSocket
@@ -14,11 +15,14 @@ closes the socket with its own code, and outlives a deleted channel."""
 
 from __future__ import annotations
 
+import html
 import json
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Protocol
 
-from tidings.hub import ZERO_ID, Batch, Message, MessageId, already_seen, cursor_token
+from websockets.frames import Frame, Opcode
+
+from tidings.hub import ZERO_ID, Batch, Message, MessageId, already_seen, cursor_token, encode_json
 from tidings.web.h1 import chunk
 
 if TYPE_CHECKING:
@@ -249,3 +253,99 @@ class Stream:
         self.app.hub.leave(self.channels, self)
         self.registry.remove(self)
         self.pending.clear()
+
+
+# -- the formats
+
+
+class SSEFormat(StreamFormat):
+    key = "sse"
+    content_type = b"text/event-stream; charset=utf-8"
+    heartbeat = b": heartbeat\n\n"
+
+    def preamble(self) -> bytes:
+        return b": tidings\n\n"
+
+    def message_with_cursor(self, message: Message, token: str) -> bytes:
+        return b"id: %s\ndata: %s\n\n" % (token.encode(), message.json)
+
+    def event(self, name: str, payload: dict[str, object]) -> bytes:
+        return b"event: %s\ndata: %s\n\n" % (name.encode(), json.dumps(payload, separators=(",", ":")).encode())
+
+
+class NDJSONFormat(StreamFormat):
+    key = "ndjson"
+    content_type = b"application/x-ndjson"
+    heartbeat = b"\n"
+
+    def message_with_cursor(self, message: Message, token: str) -> bytes:
+        # The message object with one key more: {"id", "channel", "data", "time", "last_id"}.
+        return b'%s,"last_id":"%s"}\n' % (message.json[:-1], token.encode())
+
+    def event(self, name: str, payload: dict[str, object]) -> bytes:
+        return event_json(name, payload) + b"\n"
+
+
+# Browsers start rendering a streamed page only after the first kilobyte or so.
+_HTML_PADDING = b"<!--" + b" " * 1024 + b"-->\n"
+_HTML_HEAD = (
+    b'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>Tidings stream</title>'
+    b"<style>body{font:14px/1.4 system-ui,sans-serif;margin:1em}.m{margin:.2em 0}"
+    b".c,.t{color:#777}.e{color:#a33}</style></head><body>\n"
+)
+
+
+def _html_text(value: object) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _html_content(message: Message) -> bytes:
+    """A message's <div> after its attributes: built once per message (it decodes the data), the
+    same for every stream; only the cursor in the attributes differs between streams."""
+    data = message.data
+    if isinstance(data, dict) and "message" in data:
+        nick = html.escape(_html_text(data.get("nick", "anonymous")))
+        body = f"<b>{nick}</b>: {html.escape(_html_text(data['message']))}"
+    else:
+        body = html.escape(_html_text(data))
+    return f'<span class="c">[{message.channel}]</span> {body}</div>\n'.encode()
+
+
+class HTMLFormat(StreamFormat):
+    key = "html"
+    content_type = b"text/html; charset=utf-8"
+    heartbeat = b"<!-- -->\n"
+
+    def preamble(self) -> bytes:
+        return _HTML_HEAD + _HTML_PADDING
+
+    def message_with_cursor(self, message: Message, token: str) -> bytes:
+        ident = b"" if message.live else str(message.id).encode()  # (a live message has no id)
+        content = message.frame("html/content", _html_content)
+        return b'<div class="m" data-id="%s" data-last-id="%s">%s' % (ident, token.encode(), content)
+
+    def event(self, name: str, payload: dict[str, object]) -> bytes:
+        text = html.escape(json.dumps(payload, ensure_ascii=False))
+        return f'<div class="e" data-event="{name}">{name}: {text}</div>\n'.encode()
+
+
+def text_frame(payload: bytes) -> bytes:
+    return Frame(Opcode.TEXT, payload).serialize(mask=False)
+
+
+class WebSocketFormat(StreamFormat):
+    key = "ws"
+    content_type = b""
+    heartbeat = Frame(Opcode.PING, b"").serialize(mask=False)
+
+    def message_with_cursor(self, message: Message, token: str) -> bytes:
+        return text_frame(b'{"type":"message","last_id":"%s","message":%s}' % (token.encode(), message.json))
+
+    def event(self, name: str, payload: dict[str, object]) -> bytes:
+        return text_frame(encode_json({"type": name, **payload}))
+
+
+SSE = SSEFormat()
+NDJSON = NDJSONFormat()
+HTML = HTMLFormat()
+WEBSOCKET = WebSocketFormat()

@@ -29,33 +29,14 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from tidings.errors import TidingsError
-from tidings.hub import MAX_CHANNELS_PER_REQUEST, Batch, Cursor, Message, Published, encode_json, validate_channel
+from tidings.hub import MAX_CHANNELS_PER_REQUEST, Batch, Cursor, Published, encode_json, validate_channel
 from tidings.web import params
 from tidings.web.errors import failing, http_error
 from tidings.web.http import HttpConnection, HttpError, Request
-from tidings.web.streaming import Stream, StreamFormat
+from tidings.web.streaming import WEBSOCKET, Stream
 
 if TYPE_CHECKING:
     from tidings.web.types import Services
-
-
-def text_frame(payload: bytes) -> bytes:
-    return Frame(Opcode.TEXT, payload).serialize(mask=False)
-
-
-class WebSocketFormat(StreamFormat):
-    key = "ws"
-    content_type = b""
-    heartbeat = Frame(Opcode.PING, b"").serialize(mask=False)
-
-    def message_with_cursor(self, message: Message, token: str) -> bytes:
-        return text_frame(b'{"type":"message","last_id":"%s","message":%s}' % (token.encode(), message.json))
-
-    def event(self, name: str, payload: dict[str, object]) -> bytes:
-        return text_frame(encode_json({"type": name, **payload}))
-
-
-FORMAT = WebSocketFormat()
 
 
 class WebSocketSession:
@@ -80,7 +61,7 @@ class WebSocketSession:
         self.conn = conn
         self.protocol = protocol
         self.handshake = handshake  # its token authorizes the commands sent on the socket
-        self.stream = Stream(app, conn, channels, FORMAT, ends=self)
+        self.stream = Stream(app, conn, channels, WEBSOCKET, ends=self)
         self.inbox: list[bytes] | None = []  # what arrives before the first read is answered
         # Channels of subscribe commands whose read is not answered yet (it may wait on the
         # broker): a repeated command must not read their backlog again.
@@ -138,7 +119,7 @@ class WebSocketSession:
         if refusal.code in _AUTH_ERRORS:
             self._close(4000 + refusal.status, f"{refusal.code}: {refusal.detail}"[:120])
         else:
-            self.stream.push(FORMAT.event("error", {"error": refusal.code, "detail": refusal.detail}))
+            self.stream.push(WEBSOCKET.event("error", {"error": refusal.code, "detail": refusal.detail}))
 
     def _command(self, payload: bytes) -> None:
         try:
@@ -176,7 +157,7 @@ class WebSocketSession:
 
     def _published(self, result: Published) -> None:
         body = {"id": str(result.id), "channel": result.channel, "subscribers": result.subscribers}
-        self.stream.push(FORMAT.event("published", body))
+        self.stream.push(WEBSOCKET.event("published", body))
 
     def _subscribe(self, channels: list[str], token: object) -> None:
         if token is not None and not isinstance(token, str):
@@ -245,4 +226,4 @@ def subscribe(app: Services, request: Request, conn: HttpConnection, channels: t
     app.relay.read(conn, channels, cursor, session.start, failing(conn), limit=None)
 
 
-__all__ = ["FORMAT", "WebSocketSession", "subscribe"]
+__all__ = ["WebSocketSession", "subscribe"]
