@@ -127,32 +127,44 @@ class HttpPublisher:
 
 
 class RedisPublisher:
-    """Publishes straight into Redis, with the same history and ids as a publish through
-    any server on that Redis (no server needed)."""
+    """Publishes straight into Redis, through the relay and Redis broker a server uses: the
+    same ids, history, checks and errors as a publish through any server on that Redis (no
+    server needed; publishing needs no subscription, so the broker is never started)."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        from tidings.brokers.redis import RedisStore
+        from tidings.brokers import NumberingBus, create_broker
+        from tidings.relay import Relay
 
+        settings = Settings(
+            broker=args.redis,
+            redis_prefix=args.redis_prefix,
+            buffer_size=args.buffer_size,
+            buffer_ttl=args.buffer_ttl,
+        )
         try:
-            self.store = RedisStore(args.redis, args.redis_prefix, args.buffer_size, args.buffer_ttl)
+            broker = create_broker(settings)
         except ValueError as exc:
             raise Failure(str(exc)) from None
+        if not isinstance(broker, NumberingBus):
+            raise Failure(f"--redis takes a Redis URL (redis://host:port/db), not {args.redis!r}")
+        self.broker = broker
         self.runner = asyncio.Runner()
+        self.relay = Relay(broker.hub, broker, self.runner.get_loop())
 
     def publish(self, channel: str, message: str, as_json: bool) -> dict[str, Any]:
         from tidings.errors import TidingsError
-        from tidings.hub import encode_json, validate_channel
+        from tidings.hub import validate_channel
 
         try:
             data = json.loads(message) if as_json else message
             validate_channel(channel)
-            ident, subscribers = self.runner.run(self.store.publish(channel, encode_json(data)))
+            result = self.runner.run(self.relay.publish_and_wait(channel, data))
         except (ValueError, TidingsError) as exc:  # not JSON, a bad channel name, Redis away
             raise Failure(str(exc)) from None
-        return {"id": str(ident), "channel": channel, "subscribers": subscribers}
+        return {"id": str(result.id), "channel": channel, "subscribers": result.subscribers}
 
     def close(self) -> None:
-        self.runner.run(self.store.close())
+        self.runner.run(self.broker.close())
         self.runner.close()
 
 

@@ -119,6 +119,12 @@ class Relay:
         self.broker.forward(channel, data)
         accepted(result)
 
+    async def publish_and_wait(self, channel: str, data: JSONValue) -> Published:
+        """`publish` for a caller that waits in a coroutine (`tidings publish --redis`)."""
+        answered: asyncio.Future[Published] = self.loop.create_future()
+        self.publish(channel, data, answered.set_result, answered.set_exception)
+        return await answered
+
     def delete(self, channel: str, answer: Callable[[int | None], None], fail: Fail) -> None:
         """Delete `channel` everywhere; answers with the number of subscribers told (None: it held nothing)."""
         if self.bus is not None:

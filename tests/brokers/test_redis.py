@@ -419,6 +419,17 @@ def test_cli_publish_refuses_an_empty_redis_prefix(redis_server: RedisProcess) -
     assert done.stderr.strip().count("\n") == 0 and redis_server.cli("KEYS", "epoch") == ""
 
 
+@pytest.mark.parametrize(
+    ("url", "error"),
+    [("redis://127.0.0.1:1/0", "redis: Error 111 connecting"), ("memory", "--redis takes a Redis URL")],
+)
+def test_cli_publish_without_a_redis_to_reach_says_so_in_one_line(url: str, error: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "tidings", "publish", "--redis", url, "c", "m"],
+                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert done.returncode == 1 and done.stderr.startswith(f"tidings: {error}"), done.stderr
+    assert done.stderr.strip().count("\n") == 0, done.stderr
+
+
 def test_a_node_at_its_memory_caps_caches_less_and_refuses_no_publish(cluster: Cluster, channel: str) -> None:
     # Redis keeps the history: the node's buffers are a cache, and at a cap it drops instead of refusing.
     (node,) = cluster(1, "--max-channels", "4", "--max-buffered-bytes", "4000")

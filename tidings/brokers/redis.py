@@ -321,10 +321,11 @@ class RedisBroker(NumberingBus):
             log.warning("Redis not reachable at %s yet; serving, and retrying in the background", self.store.url)
 
     async def close(self) -> None:
-        await cancel_all(self._tasks)
-        with contextlib.suppress(RedisError):
-            await self.store.client.srem(self.store.nodes_key, self.node)
-            await self.store.client.delete(self.store.node_prefix + self.node)
+        if self._tasks:  # started, so registered as a node (`_report`); `tidings publish --redis` is not
+            await cancel_all(self._tasks)
+            with contextlib.suppress(RedisError):
+                await self.store.client.srem(self.store.nodes_key, self.node)
+                await self.store.client.delete(self.store.node_prefix + self.node)
         await self.store.close()
 
     # -- publishing
