@@ -35,7 +35,7 @@ class StubTransport:
 async def measure(subscribers: int = 1000, rounds: int = 100, publishes: int = 20000) -> dict[str, float]:
     loop = asyncio.get_running_loop()
     hub = Hub(buffer_size=1000, buffer_ttl=3600, now_ms=wall_clock_ms())
-    app = App(Settings(), hub, MemoryBroker(hub), loop)
+    app = App(Settings(), MemoryBroker(hub), loop)
     conns = []
     for _ in range(subscribers):
         conn = HttpConnection(app, app.limits, loop)

@@ -128,11 +128,11 @@ class HttpPublisher:
 
 class RedisPublisher:
     """Publishes straight into Redis, through the relay and Redis broker a server uses: the
-    same ids, history, checks and errors as a publish through any server on that Redis (no
-    server needed; publishing needs no subscription, so the broker is never started)."""
+    same ids, history and errors as a publish through any server on that Redis (no server
+    needed; publishing needs no subscription, so the broker is never started)."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        from tidings.brokers import NumberingBus, create_broker
+        from tidings.brokers import REDIS_SCHEMES, NumberingBus, create_broker
         from tidings.relay import Relay
 
         settings = Settings(
@@ -141,15 +141,16 @@ class RedisPublisher:
             buffer_size=args.buffer_size,
             buffer_ttl=args.buffer_ttl,
         )
+        if not args.redis.startswith(REDIS_SCHEMES):
+            raise Failure(f"--redis takes a Redis URL (redis://host:port/db), not {args.redis!r}")
         try:
             broker = create_broker(settings)
         except ValueError as exc:
             raise Failure(str(exc)) from None
-        if not isinstance(broker, NumberingBus):
-            raise Failure(f"--redis takes a Redis URL (redis://host:port/db), not {args.redis!r}")
+        assert isinstance(broker, NumberingBus)  # (a Redis URL makes a RedisBroker)
         self.broker = broker
         self.runner = asyncio.Runner()
-        self.relay = Relay(broker.hub, broker, self.runner.get_loop())
+        self.relay = Relay(broker, self.runner.get_loop())
 
     def publish(self, channel: str, message: str, as_json: bool) -> dict[str, Any]:
         from tidings.errors import TidingsError

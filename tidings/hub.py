@@ -1,7 +1,8 @@
 """The pure core: channels, message ids, ring buffers, cursors and waiter bookkeeping.
 
 Nothing here touches sockets, HTTP, an event loop or a broker. Transports register
-subscribers (objects with two callbacks); brokers feed messages in with `ingest`.
+subscribers (objects with two callbacks); a publish made in this process comes in through
+`publish`, messages from a bus through `ingest`.
 Time is passed in explicitly (milliseconds) so that tests can drive it by hand.
 
 Message ids have the form ``<ms>-<seq>`` (the same form Redis Streams use): the
@@ -503,9 +504,9 @@ class Hub:
         return last.next(now_ms)
 
     def make_message(self, name: str, data: JSONValue, now_ms: int) -> Message:
-        """A new message with the next id of channel `name`, published in this process (for
-        brokers that let the hub assign ids). It is not stored or delivered until `ingest`.
-        Raises OverCapacity when storing it would take this hub past a cap."""
+        """A new message with the next id of channel `name`, published in this process (see
+        `publish`). It is not stored or delivered until `ingest`. Raises OverCapacity when
+        storing it would take this hub past a cap."""
         ch = self.channels.get(name)
         if ch is None:
             self.make_room((name,))

@@ -1,7 +1,7 @@
 """The relay: what the server does with messages, with no HTTP in it. Publish, delete and
 channel info go to this process's hub or over the bus; reads are answered from the hub,
 through the bus when this process's buffers cannot answer alone; publishes are counted and
-timed; deliveries wait for the end of the loop turn (`TurnBatcher`). HTTP publish, the
+timed. HTTP publish, the
 WebSocket's commands, /channels, every subscribe path and `tidings publish --redis` go through it.
 
 Where each process numbers its own messages (the memory and ZeroMQ brokers) the relay
@@ -23,8 +23,8 @@ from typing import Any, Protocol, TypeVar
 from prometheus_client import Histogram
 
 from tidings.brokers import Broker, NumberingBus
-from tidings.errors import BrokerFailed, BrokerUnavailable, OverCapacity
-from tidings.hub import DEFAULT_BATCH, Batch, ChannelInfo, Cursor, Hub, JSONValue, Published, wall_clock_ms
+from tidings.errors import BrokerFailed, BrokerUnavailable, OverCapacity, TidingsError
+from tidings.hub import DEFAULT_BATCH, Batch, ChannelInfo, Cursor, JSONValue, Published, wall_clock_ms
 
 log = logging.getLogger("tidings")
 T = TypeVar("T")
@@ -39,33 +39,6 @@ class Requester(Protocol):
 
     @property
     def closed(self) -> bool: ...
-
-
-class Flushable(Protocol):
-    def flush(self) -> None: ...
-
-
-class TurnBatcher:
-    """Deliveries collected during one loop turn and written together at its end.
-
-    A publish marks its subscribers due and returns at once (so its own answer is not held up
-    by the fan-out); one callback per loop turn then flushes every due subscriber, which
-    merges whatever it gathered in the meantime into a single write."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self._due: list[Flushable] = []
-
-    def schedule(self, item: Flushable) -> None:
-        """Call `item.flush()` at the end of this loop turn (callers schedule an item once)."""
-        if not self._due:
-            self.loop.call_soon(self._run)
-        self._due.append(item)
-
-    def _run(self) -> None:
-        due, self._due = self._due, []
-        for item in due:
-            item.flush()
 
 
 class PublishStats:
@@ -85,12 +58,11 @@ class PublishStats:
 
 
 class Relay:
-    def __init__(self, hub: Hub, broker: Broker, loop: asyncio.AbstractEventLoop) -> None:
-        self.hub = hub
+    def __init__(self, broker: Broker, loop: asyncio.AbstractEventLoop) -> None:
+        self.hub = broker.hub
         self.broker = broker
         self.bus: NumberingBus | None = broker if isinstance(broker, NumberingBus) else None
         self.loop = loop
-        self.batcher = TurnBatcher(loop)
         self.stats = PublishStats()
         self.tasks: set[asyncio.Task[None]] = set()  # broker calls under way (shutdown waits for them)
 
@@ -122,7 +94,12 @@ class Relay:
     async def publish_and_wait(self, channel: str, data: JSONValue) -> Published:
         """`publish` for a caller that waits in a coroutine (`tidings publish --redis`)."""
         answered: asyncio.Future[Published] = self.loop.create_future()
-        self.publish(channel, data, answered.set_result, answered.set_exception)
+
+        def fail(error: Exception) -> None:
+            if not answered.done():  # (a caller that gave up has cancelled it)
+                answered.set_exception(error)
+
+        self.publish(channel, data, answered.set_result, fail)
         return await answered
 
     def delete(self, channel: str, answer: Callable[[int | None], None], fail: Fail) -> None:
@@ -150,8 +127,12 @@ class Relay:
         """Read after `cursor` and continue with `answer(batch)`: at once from this process's
         buffers, or — when they do not reach back to the cursor and the broker keeps history,
         or the channels are not subscribed on the bus yet — after the broker has filled them
-        in. With the broker unreachable, the local answer stands (a gap at worst). `fail`
-        hears of an `answer` that raised after a wait."""
+        in. With the broker unreachable, the local answer stands (a gap at worst).
+
+        A read that must bring channels in from the bus raises TooManyChannels, at once, when
+        holding them would take this process past --max-channels (the bus would create them
+        here without asking). `fail` hears of an `answer` that raised after a wait, and of a
+        broker that failed otherwise."""
         broker = self.broker
         if broker.needs_activation and not broker.ready(channels):
             filled = self._activate_and_fill(channels, cursor, limit)
@@ -161,12 +142,21 @@ class Relay:
                 answer(batch)
                 return
             filled = broker.fill(batch.incomplete, cursor)
+        try:
+            self.hub.make_room(channels)
+        except OverCapacity:
+            filled.close()  # (never started)
+            raise
 
         async def read_when_filled() -> None:
             try:
                 await filled
             except BrokerUnavailable as exc:
                 log.debug("history not available, answering from local buffers: %s", exc)
+            except Exception:
+                log.exception("reading through the broker failed")
+                fail(BrokerFailed("reading through the broker failed"))
+                return
             if not requester.closed:
                 self._answer_late(answer, self.hub.read(channels, cursor, wall_clock_ms(), limit), fail)
 
@@ -195,9 +185,11 @@ class Relay:
 
     def _answer_late(self, answer: Callable[[T], None], result: T, fail: Fail) -> None:
         # From a task nobody awaits: an answer that raises is told to `fail`, so the client
-        # hears of it instead of waiting.
+        # hears of it instead of waiting (a refusal of the domain, e.g. a cap, is no bug to log).
         try:
             answer(result)
+        except TidingsError as exc:
+            fail(exc)
         except Exception as exc:
             log.exception("error while answering after a broker call")
             fail(exc)

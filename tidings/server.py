@@ -34,7 +34,7 @@ def raise_fd_limit() -> None:
 async def serve(settings: Settings, on_ready: Callable[[str, int], None] | None = None) -> None:
     loop = asyncio.get_running_loop()
     broker = create_broker(settings)
-    app = App(settings, broker.hub, broker, loop)  # first: a bad setting fails before the broker connects
+    app = App(settings, broker, loop)  # first: a bad setting fails before the broker connects
     server = await _bind(app, loop, settings)  # then a taken port, before the broker connects
     await broker.start()
     await server.start_serving()

@@ -430,6 +430,28 @@ def test_cli_publish_without_a_redis_to_reach_says_so_in_one_line(url: str, erro
     assert done.stderr.strip().count("\n") == 0, done.stderr
 
 
+def test_a_stream_read_through_redis_is_refused_past_max_channels(cluster: Cluster, channel: str) -> None:
+    # Its history would bring the channel in from Redis: the cap is checked before, not skipped.
+    (node,) = cluster(1, "--max-channels", "2")
+    publish(node, f"{channel}-c", "history")
+
+    async def scenario() -> None:
+        held = []
+        for name in (f"{channel}-a", f"{channel}-b"):
+            sse = await Connection.open(node.host, node.port)
+            head = await sse.start_stream(f"/sse/{name}")
+            assert head.status == 200, head.body
+            held.append(sse)
+        third = await Connection.open(node.host, node.port)
+        head = await third.start_stream(f"/sse/{channel}-c?last_event_id=oldest")
+        assert head.status == 507, head.status
+        assert b'"too_many_channels"' in await third.read_chunk()
+        for sse in [*held, third]:
+            sse.close()
+
+    asyncio.run(scenario())
+
+
 def test_a_node_at_its_memory_caps_caches_less_and_refuses_no_publish(cluster: Cluster, channel: str) -> None:
     # Redis keeps the history: the node's buffers are a cache, and at a cap it drops instead of refusing.
     (node,) = cluster(1, "--max-channels", "4", "--max-buffered-bytes", "4000")

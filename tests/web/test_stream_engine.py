@@ -30,7 +30,7 @@ class Server:
         self.loop = loop
         self.hub = Hub(buffer_size=100, buffer_ttl=3600, now_ms=wall_clock_ms())
         self.broker = MemoryBroker(self.hub)
-        self.app = App(Settings(), self.hub, self.broker, loop)
+        self.app = App(Settings(), self.broker, loop)
 
     def publish(self, channel: str, data: object) -> Published:
         return self.hub.publish(channel, data, wall_clock_ms())
@@ -126,3 +126,28 @@ def test_subscribing_a_second_channel_carries_the_first_ones_position(server: Se
     server.turn()
     (event,) = ws_events(transport.take())
     assert event["last_id"] == str(again.id)
+
+
+def test_a_refused_subscribe_command_leaves_its_channels_free_to_subscribe(server: Server) -> None:
+    transport = upgrade(server, b"a")
+    transport.send(command({"subscribe": ["b"], "last_id": "not-a-cursor"}))
+    (refusal,) = ws_events(transport.take())
+    assert refusal["type"] == "error" and refusal["error"] == "invalid_cursor", refusal
+    transport.send(command({"subscribe": ["b"]}))
+    published = server.publish("b", "after the refusal")
+    server.turn()
+    (event,) = ws_events(transport.take())
+    message = {"id": str(published.id), "channel": "b", "data": "after the refusal", "time": published.id.ms}
+    assert event["message"] == message
+
+
+def test_a_stream_counts_in_the_metrics_as_its_transport(server: Server) -> None:
+    streams = {
+        "longpoll": b"GET /sub/a?timeout=30 HTTP/1.1\r\nHost: t\r\n\r\n",
+        "sse": b"GET /sse/a HTTP/1.1\r\nHost: t\r\n\r\n",
+        "stream": b"GET /stream/a?format=html HTTP/1.1\r\nHost: t\r\n\r\n",
+        "ws": HANDSHAKE % b"a",
+    }
+    for transport, request in streams.items():
+        client = server.connect(request)
+        assert client.conn.held is not None and client.conn.held.transport == transport

@@ -2,7 +2,9 @@
 
 from tidings.brokers.base import Broker, NumberingBus
 from tidings.config import Settings
-from tidings.hub import Hub, Published, wall_clock_ms
+from tidings.hub import Hub, wall_clock_ms
+
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 def create_broker(settings: Settings) -> Broker:
@@ -10,7 +12,7 @@ def create_broker(settings: Settings) -> Broker:
     ``memory`` (the default, embedded), a Redis URL (``redis://host:port/db``, ``rediss://``,
     ``unix://``) or a ZeroMQ forwarder (``zmq://host:port1,port2``, ``zmq:ENDPOINT1,ENDPOINT2``)."""
     url = settings.broker
-    redis = url.startswith(("redis://", "rediss://", "unix://"))
+    redis = url.startswith(REDIS_SCHEMES)
     if settings.redis_subscribe and not redis:
         raise ValueError("--redis-subscribe needs a Redis broker (--broker redis://host:port/db)")
     if url in ("memory", "memory://"):
@@ -34,11 +36,11 @@ def _hub(settings: Settings, broker: type[Broker]) -> Hub:
         buffer_size=settings.buffer_size,
         buffer_ttl=settings.buffer_ttl,
         now_ms=wall_clock_ms(),
-        follows_bus=broker.follows_bus,
+        follows_bus=issubclass(broker, NumberingBus),
         buffers_are_cache=broker.keeps_history,
         max_channels=settings.max_channels,
         max_buffered_bytes=settings.max_buffered_bytes,
     )
 
 
-__all__ = ["Broker", "NumberingBus", "Published", "create_broker"]
+__all__ = ["Broker", "NumberingBus", "create_broker"]

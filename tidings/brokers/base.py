@@ -56,9 +56,6 @@ class Broker:
     def healthy(self) -> bool:
         return True
 
-    # Whether the bus numbers messages (a `NumberingBus`).
-    follows_bus = False
-
     def forward(self, channel: str, data: JSONValue) -> None:
         """Carry a message published (and delivered) in this process to the other processes;
         the memory broker has none."""
@@ -88,8 +85,6 @@ class Broker:
 class NumberingBus(Broker, ABC):
     """A bus that numbers the messages (Redis): ids are the same in every process, so a client
     may hold a cursor from a process ahead of this one (see `Hub.follows_bus`)."""
-
-    follows_bus = True
 
     @abstractmethod
     async def publish(self, channel: str, data: JSONValue) -> Published:

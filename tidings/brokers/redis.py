@@ -192,8 +192,8 @@ def check_prefix(prefix: str) -> None:
 
 
 class RedisStore:
-    """The command side: history, ids, counts. Needs no subscription, so `tidings publish
-    --redis` uses it directly, with the same effect as a publish through any server."""
+    """The command side: history, ids, counts. Needs no subscription (so `tidings publish
+    --redis` can publish through a broker it never starts)."""
 
     def __init__(self, url: str, prefix: str, buffer_size: int, buffer_ttl: float) -> None:
         check_prefix(prefix)
@@ -219,7 +219,7 @@ class RedisStore:
     def history_key(self, channel: str) -> str:
         return self.prefix + "history:" + channel
 
-    async def publish(self, channel: str, data: bytes, node: str = "", own_count: int = 0) -> tuple[MessageId, int]:
+    async def publish(self, channel: str, data: bytes, node: str, own_count: int) -> tuple[MessageId, int]:
         """Append to history and fan out; returns the id and the subscribers over all processes."""
         raw_id, subscribers = await self._call(
             self._publish,

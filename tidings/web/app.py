@@ -14,12 +14,12 @@ from tidings.auth import Auth
 from tidings.brokers import Broker
 from tidings.config import Settings
 from tidings.errors import TidingsError
-from tidings.hub import Hub, JSONValue, Published, encode_json, parse_channels, validate_channel, wall_clock_ms
+from tidings.hub import JSONValue, Published, encode_json, parse_channels, validate_channel, wall_clock_ms
 from tidings.relay import Relay
 from tidings.web import info, longpoll, metrics, openapi, sse, static, stream, websocket
 from tidings.web.errors import failing, http_error
 from tidings.web.forwarded import ForwardedHeaders
-from tidings.web.http import HttpConnection, HttpError, Limits, Request
+from tidings.web.http import HttpConnection, HttpError, Limits, Request, TurnBatcher
 from tidings.web.origin import OriginPolicy
 from tidings.web.registry import StreamRegistry
 from tidings.web.wheel import TimeoutWheel
@@ -28,11 +28,11 @@ from tidings.web.wheel import TimeoutWheel
 class App:
     """Implements `tidings.web.types.Services` for the transports."""
 
-    def __init__(self, settings: Settings, hub: Hub, broker: Broker, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, settings: Settings, broker: Broker, loop: asyncio.AbstractEventLoop) -> None:
         self.settings = settings
-        self.hub = hub
+        self.hub = hub = broker.hub
         self.loop = loop
-        self.relay = Relay(hub, broker, loop)
+        self.relay = Relay(broker, loop)
         self.limits = Limits(
             max_url_bytes=settings.max_url_bytes,
             max_header_count=settings.max_header_count,
@@ -43,7 +43,7 @@ class App:
             access_log=settings.access_log,
         )
         self.connections: set[HttpConnection] = set()
-        self.batcher = self.relay.batcher
+        self.batcher = TurnBatcher(loop)
         self.timeouts = TimeoutWheel(loop)
         self.streams = StreamRegistry(loop, settings.heartbeat, settings.stream_buffer_bytes)
         self.static = static.StaticFiles()

@@ -120,6 +120,10 @@ class HttpError(TidingsError):
 class Held(Protocol):
     """What keeps a connection busy past its request (a long-poll, a stream)."""
 
+    @property
+    def transport(self) -> str:
+        """What /metrics counts the connection as: longpoll, sse, stream or ws."""
+
     def release(self) -> None:
         """The connection is gone: forget it."""
 
@@ -131,6 +135,33 @@ class Upgraded(Held, Protocol):
     """What holds a connection after a protocol upgrade: it gets the raw bytes."""
 
     def receive(self, data: bytes) -> None: ...
+
+
+class Flushable(Protocol):
+    def flush(self) -> None: ...
+
+
+class TurnBatcher:
+    """Writes collected during one loop turn and done together at its end.
+
+    A publish marks its subscribers due and returns at once (so its own answer is not held up
+    by the fan-out); one callback per loop turn then flushes every due subscriber (a woken
+    long-poll, a stream), which merges whatever it gathered in the meantime into one write."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._due: list[Flushable] = []
+
+    def schedule(self, item: Flushable) -> None:
+        """Call `item.flush()` at the end of this loop turn (callers schedule an item once)."""
+        if not self._due:
+            self.loop.call_soon(self._run)
+        self._due.append(item)
+
+    def _run(self) -> None:
+        due, self._due = self._due, []
+        for item in due:
+            item.flush()
 
 
 class Application(Protocol):
@@ -539,7 +570,7 @@ class HttpConnection(asyncio.Protocol):
 
     # -- streams
 
-    def start_stream(self, content_type: bytes, extra_headers: bytes = b"", preamble: bytes = b"") -> None:
+    def start_stream(self, content_type: bytes, preamble: bytes = b"") -> None:
         self.state = next_state(self.state, STREAM_BEGINS)
         if self.state is CLOSED or self.transport is None or self.request is None:
             return
@@ -550,7 +581,7 @@ class HttpConnection(asyncio.Protocol):
                 self.transport.write(preamble)
             return
         chunked = self.request.http11
-        head = stream_head(content_type, extra_headers + self.response_headers, chunked)
+        head = stream_head(content_type, self.response_headers, chunked)
         if preamble:
             head += chunk(preamble) if chunked else preamble
         self.transport.write(head)

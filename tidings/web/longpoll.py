@@ -53,6 +53,8 @@ def answer(
 class LongPoll:
     __slots__ = ("app", "channels", "conn", "positions", "timeout_key", "woken_by")
 
+    transport = "longpoll"
+
     def __init__(
         self,
         app: Services,

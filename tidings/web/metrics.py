@@ -88,8 +88,7 @@ def _transport(conn: HttpConnection) -> str:
     held = conn.held
     if held is None:
         return "request" if conn.request is not None else "idle"
-    fmt = getattr(held, "fmt", None)
-    return getattr(fmt, "key", "longpoll") or "longpoll"
+    return held.transport
 
 
 class Metrics:

@@ -37,6 +37,7 @@ class StreamFormat:
     and `event`."""
 
     key = ""  # names this format's cached framing on a Message
+    transport = ""  # what /metrics counts its connections as
     content_type = b""
     heartbeat = b""
 
@@ -59,10 +60,6 @@ class StreamFormat:
 
     def event(self, name: str, payload: dict[str, object]) -> bytes:
         raise NotImplementedError
-
-
-def event_json(name: str, payload: dict[str, object]) -> bytes:
-    return json.dumps({"event": name, **payload}, separators=(",", ":")).encode()
 
 
 class StreamEnds(Protocol):
@@ -246,6 +243,10 @@ class Stream:
         self._leave()
         self.ends.end(self.conn, b"", False)
 
+    @property
+    def transport(self) -> str:
+        return self.fmt.transport
+
     def release(self) -> None:
         self._leave()
 
@@ -259,7 +260,7 @@ class Stream:
 
 
 class SSEFormat(StreamFormat):
-    key = "sse"
+    key = transport = "sse"
     content_type = b"text/event-stream; charset=utf-8"
     heartbeat = b": heartbeat\n\n"
 
@@ -270,11 +271,12 @@ class SSEFormat(StreamFormat):
         return b"id: %s\ndata: %s\n\n" % (token.encode(), message.json)
 
     def event(self, name: str, payload: dict[str, object]) -> bytes:
-        return b"event: %s\ndata: %s\n\n" % (name.encode(), json.dumps(payload, separators=(",", ":")).encode())
+        return b"event: %s\ndata: %s\n\n" % (name.encode(), encode_json(payload))
 
 
 class NDJSONFormat(StreamFormat):
     key = "ndjson"
+    transport = "stream"
     content_type = b"application/x-ndjson"
     heartbeat = b"\n"
 
@@ -283,7 +285,7 @@ class NDJSONFormat(StreamFormat):
         return b'%s,"last_id":"%s"}\n' % (message.json[:-1], token.encode())
 
     def event(self, name: str, payload: dict[str, object]) -> bytes:
-        return event_json(name, payload) + b"\n"
+        return encode_json({"event": name, **payload}) + b"\n"
 
 
 # Browsers start rendering a streamed page only after the first kilobyte or so.
@@ -313,6 +315,7 @@ def _html_content(message: Message) -> bytes:
 
 class HTMLFormat(StreamFormat):
     key = "html"
+    transport = "stream"
     content_type = b"text/html; charset=utf-8"
     heartbeat = b"<!-- -->\n"
 
@@ -325,7 +328,7 @@ class HTMLFormat(StreamFormat):
         return b'<div class="m" data-id="%s" data-last-id="%s">%s' % (ident, token.encode(), content)
 
     def event(self, name: str, payload: dict[str, object]) -> bytes:
-        text = html.escape(json.dumps(payload, ensure_ascii=False))
+        text = html.escape(encode_json(payload).decode())
         return f'<div class="e" data-event="{name}">{name}: {text}</div>\n'.encode()
 
 
@@ -334,8 +337,7 @@ def text_frame(payload: bytes) -> bytes:
 
 
 class WebSocketFormat(StreamFormat):
-    key = "ws"
-    content_type = b""
+    key = transport = "ws"
     heartbeat = Frame(Opcode.PING, b"").serialize(mask=False)
 
     def message_with_cursor(self, message: Message, token: str) -> bytes:

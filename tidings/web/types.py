@@ -9,8 +9,8 @@ from typing import Protocol
 
 from tidings.config import Settings
 from tidings.hub import Hub
-from tidings.relay import Relay, TurnBatcher
-from tidings.web.http import Request
+from tidings.relay import Relay
+from tidings.web.http import Request, TurnBatcher
 from tidings.web.metrics import Stats
 from tidings.web.registry import StreamRegistry
 from tidings.web.wheel import TimeoutWheel
@@ -22,7 +22,7 @@ class Services(Protocol):
     relay: Relay  # publish, delete, info, and reads through the bus
     hub: Hub  # joining and waiting (subscribers), and what a channel holds here
     stats: Stats
-    batcher: TurnBatcher  # the relay's: deliveries written at the end of the loop turn
+    batcher: TurnBatcher  # writes at the end of the loop turn
     timeouts: TimeoutWheel  # held long-polls
     streams: StreamRegistry  # heartbeats and the unsent-bytes cap
 

@@ -48,6 +48,7 @@ class WebSocketSession:
     __slots__ = ("app", "conn", "handshake", "inbox", "joining", "protocol", "stream")
 
     outlives_channels = True
+    transport = "ws"
 
     def __init__(
         self,
@@ -162,6 +163,7 @@ class WebSocketSession:
     def _subscribe(self, channels: list[str], token: object) -> None:
         if token is not None and not isinstance(token, str):
             raise HttpError(400, "invalid_cursor", "last_id is a cursor string")
+        cursor = Cursor.parse(token)  # (before `joining`: a refused command leaves no trace)
         subscribed = self.stream.channels
         new = tuple(dict.fromkeys(name for name in channels if name not in subscribed and name not in self.joining))
         if len(subscribed) + len(self.joining) + len(new) > MAX_CHANNELS_PER_REQUEST:
@@ -170,13 +172,19 @@ class WebSocketSession:
             self.app.authorize(self.handshake, "subscribe", new)
             self.app.check_room(new)
             self.joining.update(new)
-            cursor = Cursor.parse(token)
-            self.app.relay.read(self.conn, new, cursor, lambda batch: self._add(new, batch), self._refuse, limit=None)
+
+            def refused(error: Exception) -> None:
+                self.joining.difference_update(new)  # (a later command may try them again)
+                self._refuse(error)
+
+            try:
+                self.app.relay.read(self.conn, new, cursor, lambda batch: self._add(new, batch), refused, limit=None)
+            except TidingsError as exc:
+                refused(exc)
 
     def _add(self, channels: tuple[str, ...], batch: Batch) -> None:
         self.joining.difference_update(channels)
-        if not self.conn.closed:
-            self.stream.add_channels(channels, batch)
+        self.stream.add_channels(channels, batch)
 
     # -- the stream's end (as its `StreamEnds`)
 
