@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -20,7 +21,7 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 _HELP = {
     "host": "address to listen on",
     "port": "port to listen on (also PORT)",
-    "broker": "message bus: memory, redis://host:port/db, or zmq://host:port1,port2 (a tidings zmq-proxy)",
+    "broker": "message bus: memory, redis://host:port/db, or zmq://host:port1,port2,port3 (a tidings zmq-proxy)",
     "redis_prefix": "prefix of the Redis pub/sub channels and keys Tidings uses",
     "redis_subscribe": "plain Redis channels or glob patterns (comma-separated, e.g. messages,news.*) whose "
     "PUBLISHes reach the Tidings channels of the same name",
@@ -263,9 +264,18 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--subscribe", action="append", default=[], help="a channel pattern it may subscribe to")
     token.add_argument("--ttl", default="1h", help="lifetime: seconds, or with s, m, h, d (default 1h)")
 
-    proxy = commands.add_parser("zmq-proxy", help="run the ZeroMQ forwarder that --broker zmq:// processes share")
-    proxy.add_argument("--frontend", default="tcp://127.0.0.1:5560", help="where publishers connect (XSUB)")
-    proxy.add_argument("--backend", default="tcp://127.0.0.1:5561", help="where subscribers connect (XPUB)")
+    proxy = commands.add_parser(
+        "zmq-proxy", help="run the ZeroMQ sequencer that --broker zmq:// processes share (ids, history, fan-out)"
+    )
+    proxy.add_argument("--frontend", default="tcp://127.0.0.1:5560", help="where ZeroMQ PUB programs publish (XSUB)")
+    proxy.add_argument("--backend", default="tcp://127.0.0.1:5561", help="where Tidings processes receive (XPUB)")
+    proxy.add_argument("--requests", default="tcp://127.0.0.1:5562", help="where Tidings processes ask (ROUTER)")
+    proxy.add_argument("--buffer-size", type=int, default=defaults.buffer_size, help="messages kept per channel")
+    proxy.add_argument("--buffer-ttl", type=float, default=defaults.buffer_ttl, help="seconds a message is kept")
+    proxy.add_argument("--max-channels", type=int, default=defaults.max_channels, help="channels kept at most")
+    proxy.add_argument(
+        "--max-buffered-bytes", type=int, default=defaults.max_buffered_bytes, help="bytes kept messages may hold"
+    )
     return parser
 
 
@@ -287,23 +297,42 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def cmd_zmq_proxy(args: argparse.Namespace) -> int:
-    """The forwarder: pyzmq's own device between an XSUB and an XPUB socket."""
+    """The sequencer (tidings/sequencer.py), until the process is stopped."""
     import zmq
 
-    from tidings.brokers.zmq import set_socket_options
+    from tidings.hub import Hub, wall_clock_ms
+    from tidings.sequencer import Sequencer
 
-    context = zmq.Context()
-    frontend, backend = context.socket(zmq.XSUB), context.socket(zmq.XPUB)
-    for sock in (frontend, backend):
-        set_socket_options(sock)
     try:
-        frontend.bind(args.frontend)
-        backend.bind(args.backend)
-    except zmq.ZMQError as exc:
-        raise Failure(f"cannot bind: {exc}") from None
-    print(f"tidings zmq-proxy: publishers -> {args.frontend}, subscribers <- {args.backend}", file=sys.stderr)
-    sys.stderr.flush()
-    zmq.proxy(frontend, backend)  # runs until the process is stopped
+        hub = Hub(
+            buffer_size=args.buffer_size,
+            buffer_ttl=args.buffer_ttl,
+            now_ms=wall_clock_ms(),
+            max_channels=args.max_channels,
+            max_buffered_bytes=args.max_buffered_bytes,
+        )
+    except ValueError as exc:
+        raise Failure(str(exc)) from None
+
+    async def serve() -> None:
+        sequencer = Sequencer(hub, args.requests, args.backend, args.frontend)
+        try:
+            try:
+                sequencer.bind()
+            except zmq.ZMQError as exc:
+                raise Failure(f"cannot bind: {exc}") from None
+            print(
+                f"tidings zmq-proxy: requests <- {args.requests}, messages -> {args.backend}, "
+                f"ZeroMQ publishers -> {args.frontend} (epoch {hub.floor})",
+                file=sys.stderr,
+                flush=True,
+            )
+            await sequencer.run()
+        finally:
+            sequencer.close()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve())
     return 0
 
 

@@ -497,11 +497,25 @@ class Hub:
 
     # -- publishing
 
+    def last_id(self, name: str) -> MessageId:
+        """The id of channel `name`'s last message here; for a channel this hub does not hold,
+        the last id it had (or the floor): what the next message must come after."""
+        ch = self.channels.get(name)
+        return ch.last_id if ch is not None else self.tombstones.get(name, self.floor)
+
     def next_id(self, name: str, now_ms: int) -> MessageId:
         """The id the next message of channel `name` gets at `now_ms`."""
+        return self.last_id(name).next(now_ms)
+
+    def history(self, name: str, after: MessageId, now_ms: int) -> tuple[list[Message], MessageId]:
+        """What a bus with history answers (the sequencer, from its hub): every message of
+        channel `name` after `after` still buffered, oldest first, and the id above which that
+        answer is complete (above `after` when messages were dropped; see `backfill`)."""
         ch = self.channels.get(name)
-        last = ch.last_id if ch is not None else self.tombstones.get(name, self.floor)
-        return last.next(now_ms)
+        if ch is None:
+            return [], max(after, self.last_id(name))
+        ch.expire(now_ms, self.ttl_ms)
+        return ch.after(after), max(after, ch.horizon)
 
     def make_message(self, name: str, data: JSONValue, now_ms: int) -> Message:
         """A new message with the next id of channel `name`, published in this process (see

@@ -1,15 +1,15 @@
 """The relay: what the server does with messages, with no HTTP in it. Publish, delete and
 channel info go to this process's hub or over the bus; reads are answered from the hub,
 through the bus when this process's buffers cannot answer alone; publishes are counted and
-timed. HTTP publish, the
-WebSocket's commands, /channels, every subscribe path and `tidings publish --redis` go through it.
+timed. HTTP publish, the WebSocket's commands, /channels, every subscribe path and
+`tidings publish --redis` go through it.
 
-Where each process numbers its own messages (the memory and ZeroMQ brokers) the relay
-publishes into the hub and answers at once; a `NumberingBus` (Redis) answers later, from a
-task. So each operation takes continuations instead of returning: `answer(result)`, called at
-once or later, and `fail(error)` with an error of the domain — `BrokerUnavailable` (the bus is
-away), `OverCapacity` (a memory cap of this process), `BrokerFailed` (anything else; logged
-here). Transports map those to what their clients see (`tidings/web/errors.py` for HTTP).
+With the memory broker the relay publishes into the hub and answers at once; a `NumberingBus`
+(Redis, the ZeroMQ sequencer) answers later, from a task. So each operation takes
+continuations instead of returning: `answer(result)`, called at once or later, and
+`fail(error)` with an error of the domain — `BrokerUnavailable` (the bus is away),
+`OverCapacity` (a memory cap of this process), `BrokerFailed` (anything else; logged here).
+Transports map those to what their clients see (`tidings/web/errors.py` for HTTP).
 """
 
 from __future__ import annotations
@@ -88,7 +88,6 @@ class Relay:
         except OverCapacity as exc:
             refused(exc)
             return
-        self.broker.forward(channel, data)
         accepted(result)
 
     async def publish_and_wait(self, channel: str, data: JSONValue) -> Published:

@@ -1,4 +1,4 @@
-"""The ZeroMQ bus: a real `tidings zmq-proxy` forwarder and Tidings processes, over tcp and ipc."""
+"""The ZeroMQ bus: a real `tidings zmq-proxy` sequencer and Tidings processes, over tcp and ipc."""
 
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ from rawhttp import Connection, read_events
 
 
 class Forwarder:
-    """`tidings zmq-proxy` in a subprocess."""
+    """`tidings zmq-proxy` (the sequencer) in a subprocess."""
 
-    def __init__(self, frontend: str, backend: str) -> None:
-        self.frontend, self.backend = frontend, backend
+    def __init__(self, frontend: str, backend: str, requests: str) -> None:
+        self.frontend, self.backend, self.requests = frontend, backend, requests
         self.proc: subprocess.Popen[str] | None = None
         self.start()
 
@@ -31,7 +31,8 @@ class Forwarder:
         deadline = time.monotonic() + 10
         while True:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tidings", "zmq-proxy", "--frontend", self.frontend, "--backend", self.backend],
+                [sys.executable, "-m", "tidings", "zmq-proxy", "--frontend", self.frontend, "--backend", self.backend,
+                 "--requests", self.requests],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             )  # fmt: skip
             assert self.proc.stderr is not None
@@ -52,25 +53,25 @@ class Forwarder:
 @pytest.fixture(params=["tcp", "ipc"])
 def forwarder(request: pytest.FixtureRequest) -> Iterator[Forwarder]:
     if request.param == "tcp":
-        front, back = free_ports(2)
-        proc = Forwarder(f"tcp://127.0.0.1:{front}", f"tcp://127.0.0.1:{back}")
+        front, back, requests = free_ports(3)
+        proc = Forwarder(f"tcp://127.0.0.1:{front}", f"tcp://127.0.0.1:{back}", f"tcp://127.0.0.1:{requests}")
     else:
         folder = tempfile.mkdtemp(prefix="tidings-zmq-")
-        proc = Forwarder(f"ipc://{folder}/front", f"ipc://{folder}/back")
+        proc = Forwarder(f"ipc://{folder}/front", f"ipc://{folder}/back", f"ipc://{folder}/requests")
     yield proc
     proc.kill()
 
 
 @pytest.fixture
 def tcp_forwarder() -> Iterator[Forwarder]:
-    front, back = free_ports(2)
-    proc = Forwarder(f"tcp://127.0.0.1:{front}", f"tcp://127.0.0.1:{back}")
+    front, back, requests = free_ports(3)
+    proc = Forwarder(f"tcp://127.0.0.1:{front}", f"tcp://127.0.0.1:{back}", f"tcp://127.0.0.1:{requests}")
     yield proc
     proc.kill()
 
 
 def nodes(start_server: Callable[..., ServerProcess], forwarder: Forwarder, count: int) -> list[ServerProcess]:
-    url = f"zmq:{forwarder.frontend},{forwarder.backend}"
+    url = f"zmq:{forwarder.frontend},{forwarder.backend},{forwarder.requests}"
     return [start_server("--broker", url) for _ in range(count)]
 
 
@@ -209,7 +210,7 @@ def test_a_node_receives_only_the_channels_it_has_subscribers_for(
     asyncio.run(scenario())
 
 
-def test_delivery_resumes_after_the_forwarder_restarts(
+def test_a_restarted_sequencer_is_a_gap_never_silent_loss(
     start_server: Callable[..., ServerProcess], tcp_forwarder: Forwarder, channel: str
 ) -> None:
     a, b = nodes(start_server, tcp_forwarder, 2)
@@ -219,26 +220,47 @@ def test_delivery_resumes_after_the_forwarder_restarts(
         publish(a, channel, "before")
         await read_events(sse, '"before"')
         tcp_forwarder.kill()
-        publish(a, channel, "during")  # answered, and delivered on A itself
-        await read_events(local, '"during"')
+        # Nobody numbers messages while the sequencer is away: a publish is refused, not lost.
+        during = httpx.post(f"{a.url}/pub/{channel}", json="during", timeout=10)
+        assert during.status_code == 503 and during.json()["error"] == "broker_unavailable", during.text
         tcp_forwarder.start()
         # ZeroMQ reconnects and resubscribes by itself: publish until B hears again.
         raw = b""
         async with asyncio.timeout(20):
             for attempt in range(200):
-                publish(a, channel, f"after{attempt}")
+                if httpx.post(f"{a.url}/pub/{channel}", json=f"after{attempt}", timeout=10).status_code != 201:
+                    await asyncio.sleep(0.05)
+                    continue
                 try:
-                    raw += await sse.read_chunk(0.1)
+                    raw += await sse.read_chunk(0.2)
                 except TimeoutError:
                     continue
                 if b'"after' in raw:
                     break
         raw += await sse.read_until(b"\n\n")
-        # What was published while the forwarder was away arrives (ZeroMQ queues it for the
-        # peer it reconnects to) or is reported missing: never skipped silently.
+        # The new sequencer's history starts with it: what the old one held is told as a gap.
         first_after = raw.index(b'"after')
-        assert b'"during"' in raw[:first_after] or b"event: gap" in raw[:first_after], raw
+        assert b"event: gap" in raw[:first_after], raw
+        assert b'"during"' not in raw
         sse.close()
         local.close()
 
     asyncio.run(scenario())
+
+
+def test_a_client_resumes_exactly_on_another_node(
+    start_server: Callable[..., ServerProcess], forwarder: Forwarder, channel: str
+) -> None:
+    a, b = nodes(start_server, forwarder, 2)
+    cursor = httpx.get(f"{a.url}/sub/{channel}?timeout=0").json()["last_id"]
+    sent = [publish(a if i % 2 else b, channel, i).json()["id"] for i in range(6)]
+    # Long-polls alternating between the nodes, each from the cursor the other handed out.
+    got = []
+    for turn in range(6):
+        node = (a, b)[turn % 2]
+        answer = httpx.get(f"{node.url}/sub/{channel}", params={"last_id": cursor, "timeout": 5}).json()
+        assert answer["gap"] is False, answer
+        (message,) = answer["messages"][:1]
+        got.append(message["id"])
+        cursor = message["id"]
+    assert got == sent

@@ -10,7 +10,7 @@ REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 def create_broker(settings: Settings) -> Broker:
     """The broker `settings.broker` names, feeding a new hub made for it (`broker.hub`):
     ``memory`` (the default, embedded), a Redis URL (``redis://host:port/db``, ``rediss://``,
-    ``unix://``) or a ZeroMQ forwarder (``zmq://host:port1,port2``, ``zmq:ENDPOINT1,ENDPOINT2``)."""
+    ``unix://``) or a ZeroMQ sequencer (``zmq://host:port1,port2,port3``, ``zmq:ENDPOINT1,ENDPOINT2,ENDPOINT3``)."""
     url = settings.broker
     redis = url.startswith(REDIS_SCHEMES)
     if settings.redis_subscribe and not redis:
@@ -27,7 +27,7 @@ def create_broker(settings: Settings) -> Broker:
         from tidings.brokers.zmq import ZmqBroker
 
         return ZmqBroker(_hub(settings, ZmqBroker), url)
-    raise ValueError(f"unknown broker {url!r} (supported: memory, redis://host:port/db, zmq://host:port1,port2)")
+    raise ValueError(f"unknown broker {url!r} (supported: memory, redis://host:port/db, zmq://host:port1,port2,port3)")
 
 
 def _hub(settings: Settings, broker: type[Broker]) -> Hub:

@@ -4,11 +4,10 @@ A broker owns how a published message reaches every process; it hands each messa
 arrives from the bus to the local hub with `hub.ingest`, which delivers it to this process's
 subscribers. Transports reach it only through the relay (`tidings/relay.py`).
 
-Two kinds. Where each process numbers what is published in it (memory, ZeroMQ), a publish is
-made in this process's hub by the relay, at once, and handed to `Broker.forward` for the other
-processes; a delete and a channel's info are this process's. A `NumberingBus` (Redis) numbers
-messages itself: publish, delete and info go over it and answer later (coroutines), and every
-process — this one too — gets each message back from the bus.
+Two kinds. The memory broker is this process alone: the relay publishes into its hub, at
+once. A `NumberingBus` (Redis, the ZeroMQ sequencer) numbers messages itself: publish, delete
+and info go over it and answer later (coroutines), and every process — this one too — gets each
+message back from the bus, with the same id everywhere.
 """
 
 from __future__ import annotations
@@ -55,10 +54,6 @@ class Broker:
     @property
     def healthy(self) -> bool:
         return True
-
-    def forward(self, channel: str, data: JSONValue) -> None:
-        """Carry a message published (and delivered) in this process to the other processes;
-        the memory broker has none."""
 
     # A broker that keeps history of its own (beyond this process's buffers) fills in
     # reads the hub cannot answer completely; the hub's buffers are then a cache of it.

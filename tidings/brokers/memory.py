@@ -1,7 +1,6 @@
 """The embedded default: one process, nothing to install or run. The hub's own ring
 buffers are the history and the hub numbers the messages: the relay publishes into it
-(`Hub.publish`), and there is no other process to forward to. (The ZeroMQ broker is this
-one with a forwarder between processes.)"""
+(`Hub.publish`)."""
 
 from __future__ import annotations
 

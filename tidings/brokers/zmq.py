@@ -1,128 +1,212 @@
-"""ZeroMQ: fan-out between Tidings processes through a forwarder, with no Redis.
+"""ZeroMQ: Tidings processes sharing one sequencer (`tidings zmq-proxy`, tidings/sequencer.py),
+with no Redis.
 
-Topology: `tidings zmq-proxy` binds an XSUB (the frontend, where publishers connect) and an
-XPUB (the backend, where subscribers connect) and forwards with `zmq.proxy`. Every process
-connects one PUB socket to the frontend and one SUB socket to the backend, and subscribes
-only to the channels it has subscribers for (ZeroMQ filters on the publishing side, so a
-process receives no traffic for other channels).
+The sequencer numbers every message and keeps the history, as Redis does for the Redis broker:
+ids and cursors are the same in every process, and a client resumes exactly on any of them.
+This process asks it (a DEALER socket: publish, history, info, delete, probe, report) and
+receives from it (a SUB socket) only the channels it has subscribers for, since ZeroMQ filters
+at the sender. The hub's buffers are a cache of the sequencer's history.
 
-On the bus a message is two or three frames: the channel name; the payload; and, optionally,
-`<publisher> <seq>` — a publisher's name and its sequence number on that channel, 1, 2, 3 …
-With the third frame the payload is JSON and a receiver that sees a sequence number skip
-knows messages were dropped (ZeroMQ drops at high-water marks and while a peer is away): the
-next message is marked `after_loss` and subscribers get a gap. Without it (a plain external
-publisher) the payload is text, or JSON when it is an object or array, and drops go unseen.
-
-Ids: there is no shared history, so each process numbers the messages it receives itself
-(`<ms>-<seq>`, increasing per channel). A cursor is therefore meaningful to the process that
-issued it; on another process it is treated as a time, and reported as a gap when older than
-what that process holds. Use sticky sessions (or the Redis broker) for exact resumes.
+Every message arrives with the id its channel had before it. When that is not the id this
+process holds, messages went missing on the way (ZeroMQ drops at high-water marks and while a
+peer is away) and the history fills them in before the message is delivered; only what the
+history no longer has is a gap. A sequencer that restarts has a new epoch (its heartbeat says
+so): every channel here is caught up from the new history, and what it cannot give back is a gap.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import secrets
-from typing import Any
 
 import zmq
 import zmq.asyncio
 
-from tidings.brokers.base import cancel_all, foreign_data
-from tidings.brokers.memory import MemoryBroker
-from tidings.errors import InvalidChannel
-from tidings.hub import Hub, JSONValue, Message, MessageId, encode_json, validate_channel, wall_clock_ms
+from tidings.brokers.base import NumberingBus, cancel_all
+from tidings.errors import BrokerUnavailable, InvalidChannel, TooManyChannels
+from tidings.hub import (
+    ZERO_ID,
+    ChannelInfo,
+    Cursor,
+    Hub,
+    JSONValue,
+    Message,
+    MessageId,
+    Published,
+    encode_json,
+    validate_channel,
+    wall_clock_ms,
+)
+from tidings.sequencer import CONTROL, HEARTBEAT, parse_id, set_socket_options
 
 log = logging.getLogger("tidings.zmq")
 
-PROBE = b"probe"  # a process's own message that tells it its subscription works end to end
+REQUEST_TIMEOUT = 2.0  # seconds before an unanswered request is a 503
 PROBE_INTERVAL = 0.05  # seconds between probes while a subscription starts
-ACTIVATION_TIMEOUT = 1.0  # after this a subscription counts as started even without its probe back
 IDLE_CHECK = 30.0  # seconds between looks for channels nobody here subscribes to any more
-HIGH_WATER_MARK = 100_000  # messages queued per peer before ZeroMQ drops
+REPORT_INTERVAL = 1.0  # seconds between reports of this process's subscriber counts
+SILENCE = 4 * HEARTBEAT  # no heartbeat for this long: the sequencer is away
 
 
-def parse_url(url: str) -> tuple[str, str]:
-    """``zmq://HOST:PORT1,PORT2`` (TCP: publish into PORT1, receive from PORT2) or
-    ``zmq:ENDPOINT1,ENDPOINT2`` with full ZeroMQ endpoints (``ipc:///tmp/front,ipc:///tmp/back``)."""
+def parse_url(url: str) -> tuple[str, str, str]:
+    """The sequencer's frontend, backend and requests endpoints: ``zmq://HOST:P1,P2,P3`` (TCP)
+    or ``zmq:ENDPOINT1,ENDPOINT2,ENDPOINT3`` (e.g. ``ipc://`` ones), in the order
+    `tidings zmq-proxy --frontend --backend --requests` binds them."""
     if url.startswith("zmq://"):
         host, _, ports = url[len("zmq://") :].rpartition(":")
-        front, sep, back = ports.partition(",")
-        if not host or not sep or not front.isdigit() or not back.isdigit():
-            raise ValueError(f"not a ZeroMQ URL (zmq://HOST:PORT1,PORT2): {url!r}")
-        return f"tcp://{host}:{front}", f"tcp://{host}:{back}"
-    front, sep, back = url[len("zmq:") :].partition(",")
-    if not sep or "://" not in front or "://" not in back:
-        raise ValueError(f"not a ZeroMQ URL (zmq:ENDPOINT1,ENDPOINT2): {url!r}")
-    return front, back
+        numbers = ports.split(",")
+        if not host or len(numbers) != 3 or not all(n.isdigit() for n in numbers):
+            raise ValueError(f"not a ZeroMQ URL (zmq://HOST:FRONTEND,BACKEND,REQUESTS ports): {url!r}")
+        front, back, requests = (f"tcp://{host}:{n}" for n in numbers)
+        return front, back, requests
+    endpoints = url[len("zmq:") :].split(",")
+    if len(endpoints) != 3 or not all("://" in e for e in endpoints):
+        raise ValueError(f"not a ZeroMQ URL (zmq:FRONTEND,BACKEND,REQUESTS endpoints): {url!r}")
+    front, back, requests = endpoints
+    return front, back, requests
 
 
-def set_socket_options(sock: zmq.Socket[Any]) -> None:
-    """What every socket on the bus is set to, the forwarder's (`tidings zmq-proxy`) too: queue
-    up to HIGH_WATER_MARK messages per peer, and drop what is still unsent at close."""
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
-    sock.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
-
-
-class ZmqBroker(MemoryBroker):
-    """The in-memory broker (this process numbers and buffers what it holds; deleting reaches
-    this process's subscribers), and a forwarder that carries publishes between processes."""
-
+class ZmqBroker(NumberingBus):
     name = "zmq"
+    keeps_history = True
     needs_activation = True
 
     def __init__(self, hub: Hub, url: str) -> None:
         super().__init__(hub)
-        self.frontend, self.backend = parse_url(url)
-        self.node = secrets.token_hex(8)
+        _, self.backend, self.requests = parse_url(url)
+        self.node = secrets.token_hex(8).encode()
         self.context = zmq.asyncio.Context()
-        self.pub = self.context.socket(zmq.PUB)
+        self.dealer = self.context.socket(zmq.DEALER)
         self.sub = self.context.socket(zmq.SUB)
-        for sock in (self.pub, self.sub):
+        for sock in (self.dealer, self.sub):
             set_socket_options(sock)
-        self.sent: dict[str, int] = {}  # our sequence number per channel
-        self.seen: dict[tuple[bytes, str], int] = {}  # (publisher, channel) -> last sequence number
+        self.dealer.setsockopt(zmq.IMMEDIATE, 1)  # no queueing for a sequencer that is not there: a 503 now
+        self.refs = itertools.count()
+        self.pending: dict[bytes, asyncio.Future[list[bytes]]] = {}
         self.active: dict[str, asyncio.Future[None]] = {}  # channels subscribed (done once probed)
-        self._probe_echoed: dict[str, int] = {}  # which probe came back first, per channel
+        self.repairing: dict[str, list[list[bytes]]] = {}  # channels being caught up: what arrived meanwhile
+        self.gapped: set[str] = set()  # channels whose next message comes after a loss (a new sequencer)
+        self.epoch: bytes | None = None
+        self.heard = 0.0  # loop time of the last heartbeat
         self.received = 0  # messages taken off the bus (for /healthz: shows topic filtering)
-        self.lost = 0  # messages known dropped by the bus (sequence numbers skipped)
+        self.lost = 0  # messages the bus lost for good (dropped before the sequencer had them)
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- lifecycle
 
     async def start(self) -> None:
-        # ZeroMQ connects in the background and reconnects by itself: a forwarder that is not
-        # there yet (or goes away) leaves messages local to each process until it is back.
-        self.pub.connect(self.frontend)
+        # ZeroMQ connects in the background and reconnects by itself.
+        self.dealer.connect(self.requests)
         self.sub.connect(self.backend)
+        self.sub.setsockopt(zmq.SUBSCRIBE, CONTROL)
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._receive_loop()), loop.create_task(self._forget_idle())]
-        log.info("ZeroMQ: publishing to %s, subscribing at %s", self.frontend, self.backend)
+        self._tasks = [
+            loop.create_task(self._answers()),
+            loop.create_task(self._receive_loop()),
+            loop.create_task(self._report()),
+            loop.create_task(self._forget_idle()),
+        ]
+        log.info("ZeroMQ: the sequencer at %s, messages from %s", self.requests, self.backend)
 
     async def close(self) -> None:
         await cancel_all(self._tasks)
-        self.pub.close(0)
+        self.dealer.close(0)
         self.sub.close(0)
         self.context.term()
+
+    @property
+    def healthy(self) -> bool:
+        return self.epoch is not None and asyncio.get_running_loop().time() - self.heard < SILENCE
 
     def stats(self) -> dict[str, JSONValue]:
         return {"received": self.received, "lost": self.lost, "channels": len(self.active)}
 
-    # -- publishing
+    # -- requests
 
-    def forward(self, channel: str, data: JSONValue) -> None:
-        # Delivered here already (this process's numbering); the other processes get it through
-        # the forwarder, and a forwarder that is away only costs them this message.
-        seq = self.sent[channel] = self.sent.get(channel, 0) + 1
-        self._send(channel, encode_json(data), b"%s %d" % (self.node.encode(), seq))
+    async def _ask(self, op: bytes, *args: bytes) -> list[bytes]:
+        ref = b"%d" % next(self.refs)
+        answer: asyncio.Future[list[bytes]] = asyncio.get_running_loop().create_future()
+        self.pending[ref] = answer
+        try:
+            try:
+                await self.dealer.send_multipart([b"", ref, op, *args], flags=zmq.NOBLOCK)
+            except zmq.Again:
+                raise BrokerUnavailable("the ZeroMQ sequencer is not reachable") from None
+            try:
+                status, *results = await asyncio.wait_for(answer, REQUEST_TIMEOUT)
+            except TimeoutError:
+                raise BrokerUnavailable(f"the ZeroMQ sequencer did not answer within {REQUEST_TIMEOUT:g} s") from None
+        finally:
+            self.pending.pop(ref, None)
+        if status != b"ok":
+            code, detail = results[0].decode(), results[1].decode()
+            if code == TooManyChannels.code:
+                raise TooManyChannels(detail)
+            raise BrokerUnavailable(f"the sequencer refused: {detail}")
+        return results
 
-    def _send(self, channel: str, payload: bytes, meta: bytes) -> None:
-        with contextlib.suppress(zmq.Again):  # a PUB socket drops rather than block
-            self.pub.send_multipart([channel.encode(), payload, meta], flags=zmq.NOBLOCK)
+    async def _answers(self) -> None:
+        while True:
+            frames = await self.dealer.recv_multipart()
+            if len(frames) >= 3:
+                answer = self.pending.get(frames[1])
+                if answer is not None and not answer.done():
+                    answer.set_result(frames[2:])
+
+    def _own_count(self, channel: str) -> bytes:
+        ch = self.hub.get(channel)
+        return b"%d" % (ch.subscribers if ch is not None else 0)
+
+    async def publish(self, channel: str, data: JSONValue) -> Published:
+        # This process delivers its own message when it comes back from the sequencer, in
+        # order with everyone else's.
+        ident, subscribers = await self._ask(
+            b"pub", channel.encode(), encode_json(data), self.node, self._own_count(channel)
+        )
+        return Published(parse_id(ident), channel, int(subscribers))
+
+    async def delete(self, channel: str) -> int | None:
+        existed, told = await self._ask(b"del", channel.encode(), self.node, self._own_count(channel))
+        return int(told) if existed == b"1" or int(told) else None
+
+    async def info(self, channel: str, now_ms: int) -> ChannelInfo:
+        subscribers, buffered, last = await self._ask(b"info", channel.encode(), self.node, self._own_count(channel))
+        return ChannelInfo(
+            channel, int(subscribers), int(buffered), max(parse_id(last), self.hub.info(channel, now_ms).last_id)
+        )
+
+    async def _report(self) -> None:
+        while True:
+            await asyncio.sleep(REPORT_INTERVAL)
+            counts = {name: ch.subscribers for name, ch in self.hub.channels.items() if ch.subscribers}
+            with contextlib.suppress(BrokerUnavailable):
+                await self._ask(b"report", self.node, json.dumps(counts).encode())
+
+    # -- history
+
+    async def fill(self, channels: list[str], cursor: Cursor) -> None:
+        await asyncio.gather(*(self._fill(name, cursor.position(name) or ZERO_ID) for name in channels))
+
+    async def _fill(self, channel: str, after: MessageId) -> None:
+        """Load the history after `after` into the hub. Its first message newer than this
+        process's comes after a loss when the history does not reach back to what this process
+        last had (or the sequencer restarted since): live subscribers are told of a gap."""
+        complete_after, *raw = await self._ask(b"hist", channel.encode(), str(after).encode())
+        horizon = parse_id(complete_after)
+        history = []
+        for item in raw:
+            fields = json.loads(item)
+            history.append(Message(MessageId.parse(fields["id"]), channel, fields["data"], fields["time"]))
+        last = self.hub.last_id(channel)
+        newer = [message for message in history if message.id > last]
+        if newer and (horizon > last or channel in self.gapped):
+            newer[0].after_loss = True
+            self.gapped.discard(channel)
+        self.hub.backfill(channel, history, horizon, wall_clock_ms())
 
     # -- subscriptions
 
@@ -140,23 +224,19 @@ class ZmqBroker(MemoryBroker):
         loop = asyncio.get_running_loop()
         started = self.active[channel] = loop.create_future()
         self.sub.setsockopt(zmq.SUBSCRIBE, channel.encode())
-        # Probe until our own message comes back: the subscription had then reached our
-        # publisher, and so every publisher (the forwarder tells them all alike). What this
-        # process received before that probe was sent may be incomplete.
-        marks: list[MessageId] = []
-        deadline = loop.time() + ACTIVATION_TIMEOUT
-        while not started.done() and loop.time() < deadline:
-            marks.append(self.hub.channel(channel).last_id)
-            self._send(channel, b"", b"%s %s%d" % (self.node.encode(), PROBE, len(marks) - 1))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(started), PROBE_INTERVAL)
-        if started.done():
-            mark = marks[self._probe_echoed.pop(channel, len(marks) - 1)]
-        else:
-            log.debug("no probe back for %s: is the forwarder at %s running?", channel, self.frontend)
-            started.set_result(None)
-            mark = self.hub.channel(channel).last_id
-        self.hub.known_from(channel, mark)
+        # Probe until the sequencer's answer comes back on the subscription: from then on
+        # every message of the channel reaches this process, and what came before is history.
+        try:
+            while not started.done():
+                await self._ask(b"probe", channel.encode(), self.node)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(started), PROBE_INTERVAL)
+        except BaseException:
+            if not started.done():
+                del self.active[channel]  # the next read tries again
+                self.sub.setsockopt(zmq.UNSUBSCRIBE, channel.encode())
+                started.cancel()
+            raise
 
     async def _forget_idle(self) -> None:
         """Unsubscribe from channels nobody here has subscribed to since the last look."""
@@ -171,8 +251,6 @@ class ZmqBroker(MemoryBroker):
             for name in unused & idle:
                 del self.active[name]
                 self.sub.setsockopt(zmq.UNSUBSCRIBE, name.encode())
-                for key in [key for key in self.seen if key[1] == name]:
-                    del self.seen[key]
             idle = unused - idle
 
     # -- receiving
@@ -183,50 +261,81 @@ class ZmqBroker(MemoryBroker):
             try:
                 self._receive(frames)
             except Exception:
-                log.exception("a message from the bus could not be handled")
+                log.exception("a message from the sequencer could not be handled")
 
     def _receive(self, frames: list[bytes]) -> None:
-        if len(frames) not in (2, 3):
-            log.debug("ignoring a %d-frame message (expected channel, payload[, publisher seq])", len(frames))
+        if frames[0] == CONTROL:
+            self._heartbeat(frames[1])
             return
         try:
             channel = validate_channel(frames[0].decode())
         except (UnicodeDecodeError, InvalidChannel):
             return
-        if channel not in self.active:
+        started = self.active.get(channel)
+        if started is None:
             return  # a longer name that shares a subscribed prefix (ZeroMQ filters by prefix)
-        after_loss = False
-        if len(frames) == 3:
-            publisher, _, seq_text = frames[2].partition(b" ")
-            if seq_text.startswith(PROBE):
-                started = self.active[channel]
-                if publisher == self.node.encode() and not started.done() and seq_text[len(PROBE) :].isdigit():
-                    self._probe_echoed[channel] = int(seq_text[len(PROBE) :])
-                    started.set_result(None)
-                return
-            if publisher == self.node.encode():
-                return  # our own message, delivered here already
-            if not seq_text.isdigit():
-                log.debug("ignoring a message on %s with a malformed sequence frame", channel)
-                return
-            seq = int(seq_text)
-            key = (publisher, channel)
-            last = self.seen.get(key)
-            if last is not None and seq <= last:
-                return  # a repeat
-            if last is not None and seq > last + 1:
-                after_loss = True
-                self.lost += seq - last - 1
-                log.warning("the bus dropped %d message(s) from %s on %s", seq - last - 1, publisher.decode(), channel)
-            self.seen[key] = seq
-        try:
-            data = json.loads(frames[1]) if len(frames) == 3 else foreign_data(frames[1])
-        except ValueError:
-            log.debug("ignoring a message on %s whose payload is not JSON", channel)
-            return
-        self.received += 1
+        kind = frames[1]
+        if kind == b"probe":
+            if frames[2] == self.node and not started.done():
+                self.hub.known_from(channel, parse_id(frames[3]))
+                started.set_result(None)
+        elif kind == b"deleted":
+            self.hub.delete(channel)
+        elif kind == b"m" and started.done():
+            self.received += 1
+            waiting = self.repairing.get(channel)
+            if waiting is not None:
+                waiting.append(frames)
+            elif parse_id(frames[3]) > self.hub.last_id(channel):
+                self._repair(channel, frames)
+            else:
+                self._ingest(channel, frames)
+
+    def _ingest(self, channel: str, frames: list[bytes]) -> None:
+        ident, lost = parse_id(frames[2]), int(frames[4])
+        if lost:
+            self.lost += lost
+        if channel in self.gapped:
+            self.gapped.discard(channel)
+            lost = lost or 1
         now = wall_clock_ms()
-        self.hub.ingest(Message(self.hub.next_id(channel, now), channel, data, now, after_loss=after_loss), now)
+        self.hub.ingest(Message(ident, channel, json.loads(frames[5]), ident.ms, after_loss=bool(lost)), now)
+
+    def _repair(self, channel: str, frames: list[bytes]) -> None:
+        """Messages before this one did not arrive: fetch them, then deliver in order."""
+        self.repairing[channel] = [frames]
+        self._tasks.append(asyncio.get_running_loop().create_task(self._catch_up(channel)))
+
+    async def _catch_up(self, channel: str) -> None:
+        fetched = False
+        try:
+            await self._fill(channel, self.hub.last_id(channel))
+            fetched = True
+        except BrokerUnavailable as exc:
+            log.warning("messages on %s missed and not fetched: %s", channel, exc)
+        waiting = self.repairing.pop(channel, [])
+        for frames in waiting:
+            if parse_id(frames[2]) > self.hub.last_id(channel):
+                if not fetched:
+                    self.gapped.add(channel)  # what is gone is a gap
+                    fetched = True
+                self._ingest(channel, frames)
+        current = asyncio.current_task()
+        self._tasks = [task for task in self._tasks if task is not current and not task.done()]
+
+    def _heartbeat(self, epoch: bytes) -> None:
+        self.heard = asyncio.get_running_loop().time()
+        if self.epoch is None:
+            self.epoch = epoch
+            self.hub.rebase(parse_id(epoch))  # the history begins no earlier than the sequencer
+        elif epoch != self.epoch:
+            # A new sequencer knows nothing of the old one's messages: cursors from before it are
+            # gaps, and each channel's next message here tells its live subscribers so.
+            log.warning("the sequencer restarted (epoch %s): what came before it is a gap", epoch.decode())
+            self.epoch = epoch
+            for name in list(self.hub.channels):
+                self.hub.known_from(name, parse_id(epoch))
+                self.gapped.add(name)
 
 
-__all__ = ["ZmqBroker", "parse_url", "set_socket_options"]
+__all__ = ["ZmqBroker", "parse_url"]

@@ -1,0 +1,243 @@
+"""The sequencer: one process that numbers every message of a ZeroMQ bus, keeps its history,
+and fans it out to the Tidings processes, so that a cursor means the same in every one of them.
+
+`tidings zmq-proxy` runs it. Three ZeroMQ sockets, all bound here:
+
+- `requests` (ROUTER): what Tidings processes ask (`ZmqBroker`, tidings/brokers/zmq.py):
+  publish, history, info, delete, probe, report. Each request is ``[b"", ref, op, *args]`` and
+  each answer ``[b"", ref, b"ok", *results]`` or ``[b"", ref, b"err", code, detail]``.
+- `backend` (XPUB): the fan-out. A process subscribes to the channels it has subscribers for
+  (ZeroMQ filters here, on the first frame) and to `CONTROL`:
+  ``[channel, b"m", id, previous id, lost, data JSON]`` a message; `previous id` is the channel's
+  id before it, so a process that holds a different one knows it missed messages and fetches
+  them (`lost` counts messages no history can give back: dropped before they reached here);
+  ``[channel, b"probe", token, last id]`` the answer to a probe (the subscription works; what
+  came before `last id` is history); ``[channel, b"deleted"]``;
+  ``[CONTROL, epoch]`` every `HEARTBEAT` seconds: this sequencer is alive, and since when.
+- `frontend` (XSUB): programs publishing with a plain ZeroMQ PUB, ``[channel, payload]`` (text,
+  or JSON when an object or array) or ``[channel, JSON payload, b"<publisher> <seq>"]`` (a
+  sequence number per publisher and channel: a skip is reported as lost). Numbered and kept
+  like any publish. Subscriptions arriving at the backend are passed on to them (an XPUB
+  publisher can wait for its audience), and the frontend takes every channel.
+
+The history is a `Hub` (the pure core, as in a server with the memory broker): the same ring
+buffers, sizes, TTL, caps and ids. Its floor is the sequencer's start, its `epoch`: a restarted
+sequencer knows nothing older, so cursors from before it are gaps, never silent loss.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from tidings.brokers.base import foreign_data
+from tidings.errors import InvalidChannel, OverCapacity, TidingsError
+from tidings.hub import Hub, JSONValue, Message, MessageId, validate_channel, wall_clock_ms
+
+log = logging.getLogger("tidings.sequencer")
+
+CONTROL = b"\x00"  # the topic of heartbeats (no channel name has a NUL)
+HEARTBEAT = 0.5  # seconds between heartbeats
+NODE_TTL = 5.0  # a process's reported subscriber counts stand this long
+HIGH_WATER_MARK = 100_000  # messages queued per peer before ZeroMQ drops
+
+
+def set_socket_options(sock: zmq.Socket[Any]) -> None:
+    """What every socket on the bus is set to: queue up to HIGH_WATER_MARK messages per peer,
+    and drop what is still unsent at close."""
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
+    sock.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
+
+
+def parse_id(raw: bytes) -> MessageId:
+    return MessageId.parse(raw.decode())
+
+
+class Sequencer:
+    def __init__(self, hub: Hub, requests: str, backend: str, frontend: str) -> None:
+        self.hub = hub
+        self.epoch = str(hub.floor).encode()
+        self.context = zmq.asyncio.Context()
+        self.router = self.context.socket(zmq.ROUTER)
+        self.xpub = self.context.socket(zmq.XPUB)
+        self.xsub = self.context.socket(zmq.XSUB)
+        for sock in (self.router, self.xpub, self.xsub):
+            set_socket_options(sock)
+        self.endpoints = (requests, backend, frontend)
+        # Per process: its subscriber counts by channel, and when it last reported them.
+        self.counts: dict[bytes, tuple[float, dict[str, int]]] = {}
+        # Per external publisher and channel: its last sequence number.
+        self.seen: dict[tuple[bytes, str], int] = {}
+        self.published = 0
+
+    def bind(self) -> None:
+        """Bind every socket; raises zmq.ZMQError (e.g. the address is in use)."""
+        requests, backend, frontend = self.endpoints
+        self.router.bind(requests)
+        self.xpub.bind(backend)
+        self.xsub.bind(frontend)
+        self.xsub.send(b"\x01")  # every channel, from every publisher
+
+    async def run(self) -> None:
+        """Serve until cancelled."""
+        tasks = [self._requests(), self._frontend(), self._subscriptions(), self._heartbeat()]
+        await asyncio.gather(*tasks)
+
+    def close(self) -> None:
+        for sock in (self.router, self.xpub, self.xsub):
+            sock.close(0)
+        self.context.term()
+
+    # -- fan-out
+
+    def _send(self, frames: list[bytes]) -> None:
+        with contextlib.suppress(zmq.Again):  # an XPUB drops for a peer over its high-water mark
+            self.xpub.send_multipart(frames, flags=zmq.NOBLOCK)
+
+    def _fan_out(self, message: Message, previous: MessageId, data: bytes, lost: int = 0) -> None:
+        self._send(
+            [message.channel.encode(), b"m", str(message.id).encode(), str(previous).encode(), b"%d" % lost, data]
+        )
+
+    async def _heartbeat(self) -> None:
+        while True:
+            self._send([CONTROL, self.epoch])
+            self.hub.sweep(wall_clock_ms())
+            await asyncio.sleep(HEARTBEAT)
+
+    async def _subscriptions(self) -> None:
+        """Pass the processes' subscriptions on to the publishers at the frontend."""
+        while True:
+            event = await self.xpub.recv()
+            if event[1:] != CONTROL:
+                with contextlib.suppress(zmq.Again):
+                    self.xsub.send(event, flags=zmq.NOBLOCK)
+
+    # -- publishing
+
+    def publish(self, channel: str, data: bytes, lost: int = 0) -> Message:
+        """Number, keep and fan out one message (`data`: its JSON). Raises OverCapacity."""
+        now = wall_clock_ms()
+        previous = self.hub.last_id(channel)
+        message = self.hub.make_message(channel, json.loads(data), now)
+        if lost:
+            message.after_loss = True
+        self.hub.ingest(message, now)
+        self.published += 1
+        self._fan_out(message, previous, data, lost)
+        return message
+
+    async def _frontend(self) -> None:
+        while True:
+            frames = await self.xsub.recv_multipart()
+            try:
+                self._external(frames)
+            except OverCapacity as exc:
+                log.warning("a message from a ZeroMQ publisher was not kept: %s", exc.detail)
+            except Exception:
+                log.exception("a message from a ZeroMQ publisher could not be handled")
+
+    def _external(self, frames: list[bytes]) -> None:
+        if len(frames) not in (2, 3):
+            log.debug("ignoring a %d-frame message (expected channel, payload[, publisher seq])", len(frames))
+            return
+        try:
+            channel = validate_channel(frames[0].decode())
+        except (UnicodeDecodeError, InvalidChannel):
+            return
+        lost = 0
+        if len(frames) == 3:
+            publisher, _, seq_text = frames[2].partition(b" ")
+            if not seq_text.isdigit():
+                log.debug("ignoring a message on %s with a malformed sequence frame", channel)
+                return
+            seq, key = int(seq_text), (publisher, channel)
+            last = self.seen.get(key)
+            if last is not None and seq <= last:
+                return  # a repeat
+            if last is not None and seq > last + 1:
+                lost = seq - last - 1
+                log.warning("the bus dropped %d message(s) from %s on %s", lost, publisher.decode(), channel)
+            self.seen[key] = seq
+            try:
+                json.loads(frames[1])
+            except ValueError:
+                log.debug("ignoring a message on %s whose payload is not JSON", channel)
+                return
+            data = frames[1]
+        else:
+            data = json.dumps(foreign_data(frames[1]), ensure_ascii=False, separators=(",", ":")).encode()
+        self.publish(channel, data, lost)
+
+    # -- requests
+
+    async def _requests(self) -> None:
+        while True:
+            frames = await self.router.recv_multipart()
+            if len(frames) < 4:
+                continue
+            peer, _, ref, op, *args = frames
+            try:
+                results = self.answer(op, args)
+                reply = [peer, b"", ref, b"ok", *results]
+            except TidingsError as exc:
+                reply = [peer, b"", ref, b"err", exc.code.encode(), exc.detail.encode()]
+            except Exception:
+                log.exception("a request (%r) failed", op)
+                reply = [peer, b"", ref, b"err", b"internal_error", b"the sequencer failed"]
+            with contextlib.suppress(zmq.Again):
+                self.router.send_multipart(reply, flags=zmq.NOBLOCK)
+
+    def answer(self, op: bytes, args: list[bytes]) -> list[bytes]:
+        """The results of one request (see the module's docstring)."""
+        if op == b"pub":
+            channel, data, node, own = _channel(args[0]), args[1], args[2], int(args[3])
+            message = self.publish(channel, data)
+            return [str(message.id).encode(), b"%d" % self._subscribers(channel, node, own)]
+        if op == b"hist":
+            channel, after = _channel(args[0]), parse_id(args[1])
+            messages, complete_after = self.hub.history(channel, after, wall_clock_ms())
+            return [str(complete_after).encode(), *(m.json for m in messages)]
+        if op == b"info":
+            channel, node, own = _channel(args[0]), args[1], int(args[2])
+            info = self.hub.info(channel, wall_clock_ms())
+            return [b"%d" % self._subscribers(channel, node, own), b"%d" % info.buffered, str(info.last_id).encode()]
+        if op == b"del":
+            channel, node, own = _channel(args[0]), args[1], int(args[2])
+            existed = self.hub.delete(channel) is not None
+            self._send([channel.encode(), b"deleted"])
+            return [b"1" if existed else b"0", b"%d" % self._subscribers(channel, node, own)]
+        if op == b"probe":
+            channel, token = _channel(args[0]), args[1]
+            self._send([channel.encode(), b"probe", token, str(self.hub.last_id(channel)).encode()])
+            return []
+        if op == b"report":
+            self.counts[args[0]] = (time.monotonic(), json.loads(args[1]))
+            return []
+        raise TidingsError(f"unknown request {op[:20]!r}")
+
+    def _subscribers(self, channel: str, node: bytes, own: int) -> int:
+        """Subscribers over every process: the asking one's count as it says, the others' as
+        they last reported (within NODE_TTL)."""
+        now = time.monotonic()
+        for gone in [name for name, (at, _) in self.counts.items() if now - at > NODE_TTL]:
+            del self.counts[gone]
+        return own + sum(counts.get(channel, 0) for name, (_, counts) in self.counts.items() if name != node)
+
+    def stats(self) -> dict[str, JSONValue]:
+        return {"published": self.published, "channels": len(self.hub.channels), "processes": len(self.counts)}
+
+
+def _channel(raw: bytes) -> str:
+    try:
+        return validate_channel(raw.decode())
+    except UnicodeDecodeError:
+        raise InvalidChannel("a channel name is UTF-8") from None
