@@ -274,6 +274,19 @@ def test_backfill_keeps_the_buffer_bound() -> None:
     assert [m.data for m in batch.messages] == [20, 30] and batch.gaps == ["c"]
 
 
+def test_backfill_does_not_buffer_twice_a_message_that_came_after_a_loss() -> None:
+    # After a loss the horizon is the id of the message that followed it, which is buffered:
+    # a history that holds that message too must not put it back a second time.
+    hub = Hub(now_ms=T0, buffer_size=10, follows_bus=True, buffers_are_cache=True)
+    hub.known_from("c", MessageId(T0 + 50, 0))
+    after = Message(MessageId(T0 + 60, 0), "c", "after", T0 + 60, after_loss=True)
+    hub.ingest(after, T0 + 60)
+    copy = Message(MessageId(T0 + 60, 0), "c", "after", T0 + 60)
+    hub.backfill("c", [copy], MessageId(T0 + 50, 0), T0 + 61)
+    batch = hub.read(["c"], Cursor.parse(f"{T0 + 10}-0"), T0 + 61)
+    assert [m.data for m in batch.messages] == ["after"] and batch.gaps == ["c"]
+
+
 def test_rebase_moves_the_floor_for_channels_not_seen() -> None:
     hub = Hub(now_ms=T0 + 100)
     hub.rebase(MessageId(T0 + 50, 0))  # the bus's clock may be behind this process's

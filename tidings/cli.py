@@ -21,6 +21,7 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 _HELP = {
     "host": "address to listen on",
     "port": "port to listen on (also PORT)",
+    "workers": "server processes sharing the port and, with the memory broker, an embedded sequencer: N or auto",
     "broker": "message bus: memory, redis://host:port/db, or zmq://host:port1,port2,port3 (a tidings zmq-proxy)",
     "redis_prefix": "prefix of the Redis pub/sub channels and keys Tidings uses",
     "redis_subscribe": "plain Redis channels or glob patterns (comma-separated, e.g. messages,news.*) whose "
@@ -315,12 +316,18 @@ def cmd_zmq_proxy(args: argparse.Namespace) -> int:
         raise Failure(str(exc)) from None
 
     async def serve() -> None:
+        from tidings import child
+
         sequencer = Sequencer(hub, args.requests, args.backend, args.frontend)
+        running = asyncio.current_task()
+        assert running is not None
         try:
             try:
                 sequencer.bind()
             except zmq.ZMQError as exc:
                 raise Failure(f"cannot bind: {exc}") from None
+            child.watch_lifeline(asyncio.get_running_loop(), running.cancel)
+            child.tell_ready()
             print(
                 f"tidings zmq-proxy: requests <- {args.requests}, messages -> {args.backend}, "
                 f"ZeroMQ publishers -> {args.frontend} (epoch {hub.floor})",
@@ -331,7 +338,7 @@ def cmd_zmq_proxy(args: argparse.Namespace) -> int:
         finally:
             sequencer.close()
 
-    with contextlib.suppress(KeyboardInterrupt):
+    with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
         asyncio.run(serve())
     return 0
 
@@ -341,9 +348,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             from tidings.server import StartupError, run
+            from tidings.workers import run_workers
 
+            settings = _settings(args)
             try:
-                run(_settings(args))
+                if settings.workers == "1":
+                    run(settings)
+                else:
+                    run_workers(settings)
             except (ValueError, StartupError) as exc:  # a setting that makes no sense, a port taken
                 raise Failure(str(exc)) from None
             return 0

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
+    workers: str = "1"  # server processes sharing the port: a number, or auto (one per core)
     broker: str = "memory"
     redis_prefix: str = "tidings:"  # Redis pub/sub channels and keys start with this
     redis_subscribe: str = ""  # plain Redis channels or patterns taken in as Tidings channels (comma-separated)

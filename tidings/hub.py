@@ -624,7 +624,9 @@ class Hub:
         ch = self.channel(name)
         if complete_after < ch.horizon:
             # (Past `max_buffered_bytes` too: the read waiting for it is answered from the ring.)
-            older = [m for m in history if complete_after < m.id <= ch.horizon]
+            # (Not what the ring holds: after a loss, the horizon is the id of a buffered message.)
+            oldest = ch.ring[0].id if ch.ring else None
+            older = [m for m in history if complete_after < m.id <= ch.horizon and (oldest is None or m.id < oldest)]
             ch.prepend(older, complete_after, self.buffer_size)
         for message in history:
             if message.id > ch.last_id:

@@ -4,7 +4,8 @@ and fans it out to the Tidings processes, so that a cursor means the same in eve
 `tidings zmq-proxy` runs it. Three ZeroMQ sockets, all bound here:
 
 - `requests` (ROUTER): what Tidings processes ask (`ZmqBroker`, tidings/brokers/zmq.py):
-  publish, history, info, delete, probe, report. Each request is ``[b"", ref, op, *args]`` and
+  publish, history, info, delete, probe, report. Each request is ``[b"", ref, op, deadline, *args]``
+  (`deadline`: wall-clock ms after which the asker has given up, so the request is dropped) and
   each answer ``[b"", ref, b"ok", *results]`` or ``[b"", ref, b"err", code, detail]``.
 - `backend` (XPUB): the fan-out. A process subscribes to the channels it has subscribers for
   (ZeroMQ filters here, on the first frame) and to `CONTROL`:
@@ -182,9 +183,11 @@ class Sequencer:
     async def _requests(self) -> None:
         while True:
             frames = await self.router.recv_multipart()
-            if len(frames) < 4:
+            if len(frames) < 5:
                 continue
-            peer, _, ref, op, *args = frames
+            peer, _, ref, op, deadline, *args = frames
+            if not deadline.isdigit() or wall_clock_ms() > int(deadline):
+                continue  # the asker has answered its client already (a timeout)
             try:
                 results = self.answer(op, args)
                 reply = [peer, b"", ref, b"ok", *results]

@@ -12,6 +12,7 @@ import socket
 import time
 from collections.abc import Callable
 
+from tidings import child
 from tidings.brokers import create_broker
 from tidings.config import Settings
 from tidings.web.app import App
@@ -35,7 +36,11 @@ async def serve(settings: Settings, on_ready: Callable[[str, int], None] | None 
     loop = asyncio.get_running_loop()
     broker = create_broker(settings)
     app = App(settings, broker, loop)  # first: a bad setting fails before the broker connects
-    server = await _bind(app, loop, settings)  # then a taken port, before the broker connects
+    # Then a taken port, before the broker connects (a worker's socket is its parent's).
+    sock = child.inherited_socket() or listening_socket(settings.host, settings.port)
+    server = await loop.create_server(
+        connection_factory(app, app.limits, loop), sock=sock, backlog=BACKLOG, start_serving=False
+    )
     await broker.start()
     await server.start_serving()
     host, port = server.sockets[0].getsockname()[:2]
@@ -43,7 +48,9 @@ async def serve(settings: Settings, on_ready: Callable[[str, int], None] | None 
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    child.watch_lifeline(loop, stop.set)
     log.info("Tidings listening on http://%s:%d/ (broker: %s)", host, port, broker.name)
+    child.tell_ready()
     if on_ready is not None:
         on_ready(host, port)
     try:
@@ -57,25 +64,34 @@ async def serve(settings: Settings, on_ready: Callable[[str, int], None] | None 
         log.info("stopped")
 
 
-async def _bind(app: App, loop: asyncio.AbstractEventLoop, settings: Settings) -> asyncio.Server:
-    """The listening socket, not accepting yet; a failure is a StartupError that says why."""
-    host, port = settings.host, settings.port
+BACKLOG = 4096
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The listening socket; a failure is a StartupError that says why."""
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     if not 0 <= port <= 65535:
         raise StartupError(f"--port {port} is not a port (0-65535)")
     try:
-        return await loop.create_server(
-            connection_factory(app, app.limits, loop), host, port, backlog=4096, start_serving=False
-        )
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
         raise StartupError(f"cannot listen on {where}: {host!r} does not resolve ({exc.strerror})") from None
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(BACKLOG)
     except OSError as exc:
+        sock.close()
         reasons = {
             errno.EADDRINUSE: f"port {port} is in use: cannot listen on {where}",
             errno.EACCES: f"permission denied: cannot listen on {where} (ports below 1024 need privileges)",
             errno.EADDRNOTAVAIL: f"cannot listen on {where}: {host} is not an address of this machine",
         }
         raise StartupError(reasons.get(exc.errno or 0, f"cannot listen on {where}: {exc.strerror or exc}")) from None
+    sock.setblocking(False)
+    return sock
 
 
 async def _drain(app: App, loop: asyncio.AbstractEventLoop, grace: float) -> None:

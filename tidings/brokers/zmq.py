@@ -46,6 +46,7 @@ from tidings.sequencer import CONTROL, HEARTBEAT, parse_id, set_socket_options
 log = logging.getLogger("tidings.zmq")
 
 REQUEST_TIMEOUT = 2.0  # seconds before an unanswered request is a 503
+CONNECT_WAIT = 5.0  # seconds a starting process waits for the sequencer before serving anyway
 PROBE_INTERVAL = 0.05  # seconds between probes while a subscription starts
 IDLE_CHECK = 30.0  # seconds between looks for channels nobody here subscribes to any more
 REPORT_INTERVAL = 1.0  # seconds between reports of this process's subscriber counts
@@ -110,6 +111,18 @@ class ZmqBroker(NumberingBus):
             loop.create_task(self._report()),
             loop.create_task(self._forget_idle()),
         ]
+        # ZeroMQ connects in the background: wait (bounded) until the sequencer answers, so that
+        # the first publish is not refused for a connection still being made.
+        deadline = loop.time() + CONNECT_WAIT
+        while True:
+            try:
+                await self._ask(b"report", self.node, b"{}")
+                break
+            except BrokerUnavailable:
+                if loop.time() > deadline:
+                    log.warning("the ZeroMQ sequencer at %s is not reachable yet; serving, and retrying", self.requests)
+                    break
+                await asyncio.sleep(0.02)
         log.info("ZeroMQ: the sequencer at %s, messages from %s", self.requests, self.backend)
 
     async def close(self) -> None:
@@ -133,7 +146,11 @@ class ZmqBroker(NumberingBus):
         self.pending[ref] = answer
         try:
             try:
-                await self.dealer.send_multipart([b"", ref, op, *args], flags=zmq.NOBLOCK)
+                # The deadline: a request that reaches the sequencer after it (ZeroMQ resends what
+                # was queued when a connection comes back) is dropped there, so that a 503 for a
+                # timeout does not turn into a publish later.
+                deadline = b"%d" % (wall_clock_ms() + int(REQUEST_TIMEOUT * 1000))
+                await self.dealer.send_multipart([b"", ref, op, deadline, *args], flags=zmq.NOBLOCK)
             except zmq.Again:
                 raise BrokerUnavailable("the ZeroMQ sequencer is not reachable") from None
             try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 from tidings.hub import ChannelInfo, encode_json, validate_channel
@@ -30,5 +31,5 @@ def _answer_info(conn: HttpConnection, info: ChannelInfo) -> None:
 def health(app: Services, conn: HttpConnection) -> None:
     broker = app.relay.broker
     healthy = broker.healthy
-    body = {"status": "ok" if healthy else "unavailable", "broker": broker.name, **broker.stats()}
+    body = {"status": "ok" if healthy else "unavailable", "broker": broker.name, "pid": os.getpid(), **broker.stats()}
     conn.respond(200 if healthy else 503, encode_json(body))

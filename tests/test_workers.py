@@ -1,0 +1,140 @@
+"""`tidings serve --workers N`: real processes (a parent, its workers, the embedded sequencer)
+and clients whose every request comes on a new connection, so the kernel may hand it to any
+worker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+
+import httpx
+import pytest
+from conftest import ServerProcess, wait_until
+
+CLOSE = {"Connection": "close"}
+
+
+def fresh(srv: ServerProcess) -> httpx.Client:
+    """A client that opens a new connection for every request."""
+    return httpx.Client(base_url=srv.url, timeout=10, headers=CLOSE, limits=httpx.Limits(max_keepalive_connections=0))
+
+
+def worker_pids(srv: ServerProcess, client: httpx.Client, count: int) -> set[int]:
+    """The workers that answer, asked until `count` different ones have (bounded)."""
+    seen: set[int] = set()
+    for _ in range(400):
+        seen.add(client.get("/healthz").json()["pid"])
+        if len(seen) == count:
+            break
+    assert srv.pid not in seen
+    return seen
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def poll_all(client: httpx.Client, channel: str, cursor: str, count: int) -> tuple[list[object], str]:
+    """Long-poll one message at a time, each poll on a new connection, until `count` arrived."""
+    got: list[object] = []
+    while len(got) < count:
+        answer = client.get(f"/sub/{channel}", params={"last_id": cursor, "timeout": 5}).json()
+        assert answer["gap"] is False, answer
+        got.extend(m["data"] for m in answer["messages"])
+        cursor = answer["last_id"]
+    return got, cursor
+
+
+def test_long_polls_landing_on_any_worker_get_every_message_once_in_order(
+    start_server: Callable[..., ServerProcess], channel: str
+) -> None:
+    srv = start_server("--workers", "2")
+    with fresh(srv) as client:
+        assert len(worker_pids(srv, client, 2)) == 2  # both workers take connections
+        cursor = client.get(f"/sub/{channel}", params={"timeout": 0}).json()["last_id"]
+        sent = []
+        for i in range(30):
+            answer = client.post(f"/pub/{channel}", json=i)  # published by whichever worker
+            assert answer.status_code in (201, 202), answer.text
+            sent.append(i)
+        got, _ = poll_all(client, channel, cursor, 30)
+        assert got == sent
+
+
+def test_a_killed_worker_is_replaced_and_its_clients_resume_exactly(
+    start_server: Callable[..., ServerProcess], channel: str
+) -> None:
+    srv = start_server("--workers", "2")
+    with fresh(srv) as client:
+        cursor = client.get(f"/sub/{channel}", params={"timeout": 0}).json()["last_id"]
+        for i in range(5):
+            client.post(f"/pub/{channel}", json=i)
+        before = worker_pids(srv, client, 2)
+        victim = min(before)
+        os.kill(victim, signal.SIGKILL)
+        wait_until(
+            lambda: len(worker_pids(srv, client, 2) - before) == 1, 15, "a new worker in place of the killed one"
+        )
+        for i in range(5, 10):
+            client.post(f"/pub/{channel}", json=i)
+        got, _ = poll_all(client, channel, cursor, 10)
+        assert got == list(range(10))
+    assert "starting it again" in srv.log()
+
+
+def test_sigterm_stops_every_process_and_sighup_replaces_the_workers(
+    start_server: Callable[..., ServerProcess], channel: str
+) -> None:
+    srv = start_server("--workers", "2")
+    with fresh(srv) as client:
+        cursor = client.get(f"/sub/{channel}", params={"timeout": 0}).json()["last_id"]
+        client.post(f"/pub/{channel}", json="before")
+        first = worker_pids(srv, client, 2)
+        srv.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: not any(alive(pid) for pid in first), 20, "the old workers to stop")
+        second = worker_pids(srv, client, 2)
+        assert not first & second
+        client.post(f"/pub/{channel}", json="after")
+        got, _ = poll_all(client, channel, cursor, 2)
+        assert got == ["before", "after"]  # the sequencer (and so the history) stayed
+    took = srv.terminate(15)
+    assert took < 10 and not any(alive(pid) for pid in second)
+    assert srv.log().count("stopped") >= 3  # both workers and the parent
+
+
+def test_a_restarted_sequencer_is_a_gap_never_silent_loss(
+    start_server: Callable[..., ServerProcess], channel: str
+) -> None:
+    srv = start_server("--workers", "2")
+    with fresh(srv) as client:
+        cursor = client.get(f"/sub/{channel}", params={"timeout": 0}).json()["last_id"]
+        client.post(f"/pub/{channel}", json="before")
+        (sequencer,) = [int(pid) for pid in os.popen(f"pgrep -P {srv.pid} -f zmq-proxy").read().split()]
+        os.kill(sequencer, signal.SIGKILL)
+        wait_until(
+            lambda: client.post(f"/pub/{channel}", json="after").status_code in (201, 202), 20, "a new sequencer"
+        )
+        # What the old sequencer held is gone: the client is told so (a worker may first hand it
+        # what its cache still had, if it has not heard of the new sequencer yet), and then gets
+        # what came after, once.
+        got, gaps = [], []
+        while "after" not in got:
+            answer = client.get(f"/sub/{channel}", params={"last_id": cursor, "timeout": 5}).json()
+            got.extend(m["data"] for m in answer["messages"])
+            gaps.append(answer["gap"])
+            cursor = answer["last_id"]
+        assert got in (["after"], ["before", "after"]) and True in gaps, (got, gaps)
+
+
+@pytest.mark.parametrize("value", ["0", "many"])
+def test_a_bad_worker_count_is_a_one_line_error(value: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "tidings", "serve", "--port", "0", "--workers", value],
+                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert done.returncode == 1 and done.stderr.startswith("tidings: --workers is a positive number or auto")
