@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import httpx
 import pytest
-from conftest import ServerProcess, wait_until
+from conftest import RedisProcess, ServerProcess, wait_until
 
 CLOSE = {"Connection": "close"}
 
@@ -66,6 +66,21 @@ def test_long_polls_landing_on_any_worker_get_every_message_once_in_order(
             sent.append(i)
         got, _ = poll_all(client, channel, cursor, 30)
         assert got == sent
+
+
+def test_workers_on_redis_need_no_sequencer(
+    start_server: Callable[..., ServerProcess], redis_server: RedisProcess, channel: str
+) -> None:
+    srv = start_server("--workers", "2", "--broker", redis_server.url, "--redis-prefix", f"w{channel}:")
+    with fresh(srv) as client:
+        assert client.get("/healthz").json()["broker"] == "redis"
+        assert len(worker_pids(srv, client, 2)) == 2
+        cursor = client.get(f"/sub/{channel}", params={"timeout": 0}).json()["last_id"]
+        for i in range(10):
+            client.post(f"/pub/{channel}", json=i)
+        got, _ = poll_all(client, channel, cursor, 10)
+        assert got == list(range(10))
+    assert "zmq-proxy" not in os.popen(f"pgrep -P {srv.pid} -a").read()
 
 
 def test_a_killed_worker_is_replaced_and_its_clients_resume_exactly(

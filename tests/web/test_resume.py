@@ -6,7 +6,8 @@ with message k, reconnect with it and read until a sentinel published on every c
 reconnect: per channel, what the two connections delivered is exactly what was published, in order,
 once each, with no gap reported — for every k. The cursors come from backlog frames (published
 before the first connection; long-polls answered at once) and from live ones (a stream already open
-when the message is published; a held long-poll woken by it), the latter also on the Redis broker.
+when the message is published; a held long-poll woken by it), the latter also on the Redis broker
+and across the workers of `--workers 2` (every stream and resume is a new connection).
 
 Clients we did not write: httpx (long-poll, streams), html.parser (the HTML stream), the
 `websockets` client (WebSocket)."""
@@ -299,6 +300,15 @@ def redis_tidings(redis_server: RedisProcess) -> Iterator[ServerProcess]:
     assert "Traceback" not in proc.log(), proc.log()
 
 
+@pytest.fixture(scope="module")
+def workers_tidings() -> Iterator[ServerProcess]:
+    """Two workers and the embedded sequencer: each new connection may land on either worker."""
+    proc = ServerProcess("--workers", "2")
+    yield proc
+    proc.kill()
+    assert "Traceback" not in proc.log(), proc.log()
+
+
 LIVE_CASES = [
     *(
         pytest.param(transport, count, "server", id=f"{transport}-{count}")
@@ -306,6 +316,10 @@ LIVE_CASES = [
         for count in (1, 2, 5)
     ),
     *(pytest.param(transport, 2, "redis_tidings", id=f"{transport}-2-redis") for transport in ("sse", "ws-subscribe")),
+    *(
+        pytest.param(transport, 2, "workers_tidings", id=f"{transport}-2-workers")
+        for transport in ("longpoll", "sse", "ndjson", "ws", "ws-subscribe")
+    ),
 ]
 
 
