@@ -124,6 +124,18 @@ class Tidings(Server):
         ]  # fmt: skip
 
 
+class TidingsWorkers(Tidings):
+    """Tidings with `--workers N` and its embedded sequencer, all counted as the server."""
+
+    def __init__(self, workers: int) -> None:
+        super().__init__("memory")
+        self.workers = workers
+        self.name = f"tidings-w{workers}"
+
+    def command(self) -> list[str]:
+        return [*super().command(), "--workers", str(self.workers)]
+
+
 class TidingsRedis(Tidings):
     """Tidings on the Redis broker with a private redis-server, pinned with it and counted
     as part of the server (its CPU and RSS are the price of scaling out)."""
@@ -204,5 +216,6 @@ class Nchan(Server):
 SERVERS = {
     "tidings": lambda: Tidings("memory"),
     "tidings-redis": TidingsRedis,
+    "tidings-w2": lambda: TidingsWorkers(2),
     "nchan": Nchan,
 }
