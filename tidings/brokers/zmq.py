@@ -24,7 +24,6 @@ import logging
 import secrets
 
 import zmq
-import zmq.asyncio
 
 from tidings.brokers.base import NumberingBus, cancel_all
 from tidings.errors import BrokerUnavailable, InvalidChannel, TooManyChannels
@@ -41,7 +40,7 @@ from tidings.hub import (
     validate_channel,
     wall_clock_ms,
 )
-from tidings.sequencer import CONTROL, HEARTBEAT, parse_id, set_socket_options
+from tidings.sequencer import CONTROL, HEARTBEAT, Inbox, parse_id, set_socket_options
 
 log = logging.getLogger("tidings.zmq")
 
@@ -80,14 +79,15 @@ class ZmqBroker(NumberingBus):
         super().__init__(hub)
         _, self.backend, self.requests = parse_url(url)
         self.node = secrets.token_hex(8).encode()
-        self.context = zmq.asyncio.Context()
+        self.context = zmq.Context()
         self.dealer = self.context.socket(zmq.DEALER)
         self.sub = self.context.socket(zmq.SUB)
         for sock in (self.dealer, self.sub):
             set_socket_options(sock)
         self.dealer.setsockopt(zmq.IMMEDIATE, 1)  # no queueing for a sequencer that is not there: a 503 now
         self.refs = itertools.count()
-        self.pending: dict[bytes, asyncio.Future[list[bytes]]] = {}
+        # Requests awaiting their answer, and the loop time each gives up (see `_expire`).
+        self.pending: dict[bytes, tuple[asyncio.Future[list[bytes]], float]] = {}
         self.active: dict[str, asyncio.Future[None]] = {}  # channels subscribed (done once probed)
         self.repairing: dict[str, list[list[bytes]]] = {}  # channels being caught up: what arrived meanwhile
         self.gapped: set[str] = set()  # channels whose next message comes after a loss (a new sequencer)
@@ -105,9 +105,10 @@ class ZmqBroker(NumberingBus):
         self.sub.connect(self.backend)
         self.sub.setsockopt(zmq.SUBSCRIBE, CONTROL)
         loop = asyncio.get_running_loop()
+        self.answers_in = Inbox(loop, self.dealer, self._answer)
+        self.messages_in = Inbox(loop, self.sub, self._receive)
         self._tasks = [
-            loop.create_task(self._answers()),
-            loop.create_task(self._receive_loop()),
+            loop.create_task(self._expire()),
             loop.create_task(self._report()),
             loop.create_task(self._forget_idle()),
         ]
@@ -127,6 +128,9 @@ class ZmqBroker(NumberingBus):
 
     async def close(self) -> None:
         await cancel_all(self._tasks)
+        if self._tasks:  # (started)
+            self.answers_in.close()
+            self.messages_in.close()
         self.dealer.close(0)
         self.sub.close(0)
         self.context.term()
@@ -142,21 +146,21 @@ class ZmqBroker(NumberingBus):
 
     async def _ask(self, op: bytes, *args: bytes) -> list[bytes]:
         ref = b"%d" % next(self.refs)
-        answer: asyncio.Future[list[bytes]] = asyncio.get_running_loop().create_future()
-        self.pending[ref] = answer
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[list[bytes]] = loop.create_future()
+        # The deadline: a request that reaches the sequencer after it (ZeroMQ resends what was
+        # queued when a connection comes back) is dropped there, so that a 503 for a timeout
+        # does not turn into a publish later.
+        deadline = b"%d" % (wall_clock_ms() + int(REQUEST_TIMEOUT * 1000))
         try:
-            try:
-                # The deadline: a request that reaches the sequencer after it (ZeroMQ resends what
-                # was queued when a connection comes back) is dropped there, so that a 503 for a
-                # timeout does not turn into a publish later.
-                deadline = b"%d" % (wall_clock_ms() + int(REQUEST_TIMEOUT * 1000))
-                await self.dealer.send_multipart([b"", ref, op, deadline, *args], flags=zmq.NOBLOCK)
-            except zmq.Again:
-                raise BrokerUnavailable("the ZeroMQ sequencer is not reachable") from None
-            try:
-                status, *results = await asyncio.wait_for(answer, REQUEST_TIMEOUT)
-            except TimeoutError:
-                raise BrokerUnavailable(f"the ZeroMQ sequencer did not answer within {REQUEST_TIMEOUT:g} s") from None
+            self.dealer.send_multipart([b"", ref, op, deadline, *args], flags=zmq.NOBLOCK)
+        except zmq.Again:
+            raise BrokerUnavailable("the ZeroMQ sequencer is not reachable") from None
+        finally:
+            self.answers_in.sent()
+        self.pending[ref] = (answer, loop.time() + REQUEST_TIMEOUT)
+        try:
+            status, *results = await answer
         finally:
             self.pending.pop(ref, None)
         if status != b"ok":
@@ -166,13 +170,23 @@ class ZmqBroker(NumberingBus):
             raise BrokerUnavailable(f"the sequencer refused: {detail}")
         return results
 
-    async def _answers(self) -> None:
+    def _answer(self, frames: list[bytes]) -> None:
+        waiting = self.pending.get(frames[1]) if len(frames) >= 3 else None
+        if waiting is not None and not waiting[0].done():
+            waiting[0].set_result(frames[2:])
+
+    async def _expire(self) -> None:
+        """Fail the requests left unanswered past REQUEST_TIMEOUT: one timer for all of them
+        (a timeout per request, `asyncio.wait_for`, cost a task and a timer handle each)."""
+        loop = asyncio.get_running_loop()
         while True:
-            frames = await self.dealer.recv_multipart()
-            if len(frames) >= 3:
-                answer = self.pending.get(frames[1])
-                if answer is not None and not answer.done():
-                    answer.set_result(frames[2:])
+            await asyncio.sleep(REQUEST_TIMEOUT / 8)
+            now = loop.time()
+            for answer, expires in list(self.pending.values()):
+                if expires < now and not answer.done():
+                    answer.set_exception(
+                        BrokerUnavailable(f"the ZeroMQ sequencer did not answer within {REQUEST_TIMEOUT:g} s")
+                    )
 
     def _own_count(self, channel: str) -> bytes:
         ch = self.hub.get(channel)
@@ -241,6 +255,7 @@ class ZmqBroker(NumberingBus):
         loop = asyncio.get_running_loop()
         started = self.active[channel] = loop.create_future()
         self.sub.setsockopt(zmq.SUBSCRIBE, channel.encode())
+        self.messages_in.sent()
         # Probe until the sequencer's answer comes back on the subscription: from then on
         # every message of the channel reaches this process, and what came before is history.
         try:
@@ -252,6 +267,7 @@ class ZmqBroker(NumberingBus):
             if not started.done():
                 del self.active[channel]  # the next read tries again
                 self.sub.setsockopt(zmq.UNSUBSCRIBE, channel.encode())
+                self.messages_in.sent()
                 started.cancel()
             raise
 
@@ -268,17 +284,10 @@ class ZmqBroker(NumberingBus):
             for name in unused & idle:
                 del self.active[name]
                 self.sub.setsockopt(zmq.UNSUBSCRIBE, name.encode())
+                self.messages_in.sent()
             idle = unused - idle
 
     # -- receiving
-
-    async def _receive_loop(self) -> None:
-        while True:
-            frames = await self.sub.recv_multipart()
-            try:
-                self._receive(frames)
-            except Exception:
-                log.exception("a message from the sequencer could not be handled")
 
     def _receive(self, frames: list[bytes]) -> None:
         if frames[0] == CONTROL:
