@@ -8,13 +8,22 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
 from conftest import RedisProcess, ServerProcess, wait_until
 
 CLOSE = {"Connection": "close"}
+Workers = tuple[ServerProcess, httpx.Client]
+
+
+@pytest.fixture
+def workers(start_server: Callable[..., ServerProcess]) -> Iterator[Workers]:
+    """`--workers 2`, and a client that opens a new connection for every request."""
+    srv = start_server("--workers", "2")
+    with fresh(srv) as client:
+        yield srv, client
 
 
 def fresh(srv: ServerProcess) -> httpx.Client:
@@ -41,6 +50,12 @@ def alive(pid: int) -> bool:
     return True
 
 
+def cursor_now(client: httpx.Client, channel: str) -> str:
+    """The cursor that reads `channel` from now on (an empty long-poll's)."""
+    cursor: str = client.get(f"/sub/{channel}", params={"timeout": 0}).json()["last_id"]
+    return cursor
+
+
 def poll_all(client: httpx.Client, channel: str, cursor: str, count: int) -> tuple[list[object], str]:
     """Long-poll one message at a time, each poll on a new connection, until `count` arrived."""
     got: list[object] = []
@@ -52,20 +67,17 @@ def poll_all(client: httpx.Client, channel: str, cursor: str, count: int) -> tup
     return got, cursor
 
 
-def test_long_polls_landing_on_any_worker_get_every_message_once_in_order(
-    start_server: Callable[..., ServerProcess], channel: str
-) -> None:
-    srv = start_server("--workers", "2")
-    with fresh(srv) as client:
-        assert len(worker_pids(srv, client, 2)) == 2  # both workers take connections
-        cursor = client.get(f"/sub/{channel}", params={"timeout": 0}).json()["last_id"]
-        sent = []
-        for i in range(30):
-            answer = client.post(f"/pub/{channel}", json=i)  # published by whichever worker
-            assert answer.status_code in (201, 202), answer.text
-            sent.append(i)
-        got, _ = poll_all(client, channel, cursor, 30)
-        assert got == sent
+def test_long_polls_landing_on_any_worker_get_every_message_once_in_order(workers: Workers, channel: str) -> None:
+    srv, client = workers
+    assert len(worker_pids(srv, client, 2)) == 2  # both workers take connections
+    cursor = cursor_now(client, channel)
+    sent = []
+    for i in range(30):
+        answer = client.post(f"/pub/{channel}", json=i)  # published by whichever worker
+        assert answer.status_code in (201, 202), answer.text
+        sent.append(i)
+    got, _ = poll_all(client, channel, cursor, 30)
+    assert got == sent
 
 
 def test_workers_on_redis_need_no_sequencer(
@@ -75,7 +87,7 @@ def test_workers_on_redis_need_no_sequencer(
     with fresh(srv) as client:
         assert client.get("/healthz").json()["broker"] == "redis"
         assert len(worker_pids(srv, client, 2)) == 2
-        cursor = client.get(f"/sub/{channel}", params={"timeout": 0}).json()["last_id"]
+        cursor = cursor_now(client, channel)
         for i in range(10):
             client.post(f"/pub/{channel}", json=i)
         got, _ = poll_all(client, channel, cursor, 10)
@@ -83,69 +95,57 @@ def test_workers_on_redis_need_no_sequencer(
     assert "zmq-proxy" not in os.popen(f"pgrep -P {srv.pid} -a").read()
 
 
-def test_a_killed_worker_is_replaced_and_its_clients_resume_exactly(
-    start_server: Callable[..., ServerProcess], channel: str
-) -> None:
-    srv = start_server("--workers", "2")
-    with fresh(srv) as client:
-        cursor = client.get(f"/sub/{channel}", params={"timeout": 0}).json()["last_id"]
-        for i in range(5):
-            client.post(f"/pub/{channel}", json=i)
-        before = worker_pids(srv, client, 2)
-        victim = min(before)
-        os.kill(victim, signal.SIGKILL)
-        wait_until(
-            lambda: len(worker_pids(srv, client, 2) - before) == 1, 15, "a new worker in place of the killed one"
-        )
-        for i in range(5, 10):
-            client.post(f"/pub/{channel}", json=i)
-        got, _ = poll_all(client, channel, cursor, 10)
-        assert got == list(range(10))
+def test_a_killed_worker_is_replaced_and_its_clients_resume_exactly(workers: Workers, channel: str) -> None:
+    srv, client = workers
+    cursor = cursor_now(client, channel)
+    for i in range(5):
+        client.post(f"/pub/{channel}", json=i)
+    before = worker_pids(srv, client, 2)
+    victim = min(before)
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: len(worker_pids(srv, client, 2) - before) == 1, 15, "a new worker in place of the killed one")
+    for i in range(5, 10):
+        client.post(f"/pub/{channel}", json=i)
+    got, _ = poll_all(client, channel, cursor, 10)
+    assert got == list(range(10))
     assert "starting it again" in srv.log()
 
 
-def test_sigterm_stops_every_process_and_sighup_replaces_the_workers(
-    start_server: Callable[..., ServerProcess], channel: str
-) -> None:
-    srv = start_server("--workers", "2")
-    with fresh(srv) as client:
-        cursor = client.get(f"/sub/{channel}", params={"timeout": 0}).json()["last_id"]
-        client.post(f"/pub/{channel}", json="before")
-        first = worker_pids(srv, client, 2)
-        srv.proc.send_signal(signal.SIGHUP)
-        wait_until(lambda: not any(alive(pid) for pid in first), 20, "the old workers to stop")
-        second = worker_pids(srv, client, 2)
-        assert not first & second
-        client.post(f"/pub/{channel}", json="after")
-        got, _ = poll_all(client, channel, cursor, 2)
-        assert got == ["before", "after"]  # the sequencer (and so the history) stayed
+def test_sigterm_stops_every_process_and_sighup_replaces_the_workers(workers: Workers, channel: str) -> None:
+    srv, client = workers
+    cursor = cursor_now(client, channel)
+    client.post(f"/pub/{channel}", json="before")
+    first = worker_pids(srv, client, 2)
+    srv.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: not any(alive(pid) for pid in first), 20, "the old workers to stop")
+    second = worker_pids(srv, client, 2)
+    assert not first & second
+    client.post(f"/pub/{channel}", json="after")
+    got, _ = poll_all(client, channel, cursor, 2)
+    assert got == ["before", "after"]  # the sequencer (and so the history) stayed
     took = srv.terminate(15)
     assert took < 10 and not any(alive(pid) for pid in second)
     assert srv.log().count("stopped") >= 3  # both workers and the parent
 
 
-def test_a_restarted_sequencer_is_a_gap_never_silent_loss(
-    start_server: Callable[..., ServerProcess], channel: str
-) -> None:
-    srv = start_server("--workers", "2")
-    with fresh(srv) as client:
-        cursor = client.get(f"/sub/{channel}", params={"timeout": 0}).json()["last_id"]
-        client.post(f"/pub/{channel}", json="before")
-        (sequencer,) = [int(pid) for pid in os.popen(f"pgrep -P {srv.pid} -f zmq-proxy").read().split()]
-        os.kill(sequencer, signal.SIGKILL)
-        wait_until(
-            lambda: client.post(f"/pub/{channel}", json="after").status_code in (201, 202), 20, "a new sequencer"
-        )
-        # What the old sequencer held is gone: the client is told so (a worker may first hand it
-        # what its cache still had, if it has not heard of the new sequencer yet), and then gets
-        # what came after, once.
-        got, gaps = [], []
-        while "after" not in got:
-            answer = client.get(f"/sub/{channel}", params={"last_id": cursor, "timeout": 5}).json()
-            got.extend(m["data"] for m in answer["messages"])
-            gaps.append(answer["gap"])
-            cursor = answer["last_id"]
-        assert got in (["after"], ["before", "after"]) and True in gaps, (got, gaps)
+def test_a_restarted_sequencer_is_a_gap_never_silent_loss(workers: Workers, channel: str) -> None:
+    srv, client = workers
+    cursor = cursor_now(client, channel)
+    client.post(f"/pub/{channel}", json="before")
+    (sequencer,) = [int(pid) for pid in os.popen(f"pgrep -P {srv.pid} -f zmq-proxy").read().split()]
+    os.kill(sequencer, signal.SIGKILL)
+    wait_until(lambda: client.post(f"/pub/{channel}", json="after").status_code in (201, 202), 20, "a new sequencer")
+    # What the old sequencer held is gone: the client is told so (a worker may first hand it
+    # what its cache still had, if it has not heard of the new sequencer yet), and then gets
+    # what came after, once.
+    got: list[object] = []
+    gaps: list[bool] = []
+    while "after" not in got:
+        answer = client.get(f"/sub/{channel}", params={"last_id": cursor, "timeout": 5}).json()
+        got.extend(m["data"] for m in answer["messages"])
+        gaps.append(answer["gap"])
+        cursor = answer["last_id"]
+    assert got in (["after"], ["before", "after"]) and True in gaps, (got, gaps)
 
 
 @pytest.mark.parametrize("value", ["0", "many"])
