@@ -15,6 +15,7 @@ from tidings.hub import (
     MessageId,
     already_seen,
     cursor_token,
+    encode_json,
     parse_channels,
 )
 
@@ -38,7 +39,7 @@ class Recorder:
 
 
 def publish(hub: Hub, channel: str, data: object, now: int) -> Message:
-    message = hub.make_message(channel, data, now)
+    message = hub.make_message(channel, encode_json(data), now)
     hub.ingest(message, now)
     return message
 
@@ -189,7 +190,7 @@ def test_streams_receive_every_message_until_they_leave() -> None:
     hub = make_hub()
     stream = Recorder()
     hub.join(["a"], stream)
-    assert hub.ingest(hub.make_message("a", 1, T0 + 1), T0 + 1) == 1
+    assert hub.ingest(hub.make_message("a", b"1", T0 + 1), T0 + 1) == 1
     publish(hub, "a", 2, T0 + 2)
     hub.leave(["a"], stream)
     publish(hub, "a", 3, T0 + 3)
@@ -412,7 +413,7 @@ def test_the_channel_cap_refuses_new_channels_not_the_ones_held() -> None:
     publish(hub, "a", 1, T0 + 1)
     hub.wait(["b"], Recorder())
     with pytest.raises(TooManyChannels):
-        hub.make_message("c", 1, T0 + 2)
+        hub.make_message("c", b"1", T0 + 2)
     with pytest.raises(TooManyChannels):
         hub.make_room(["a", "c"])
     hub.make_room(["a", "b"])
@@ -429,7 +430,7 @@ def test_the_byte_cap_refuses_new_buffers_not_a_channel_giving_up_its_own_older_
     publish(hub, "a", "y", T0 + 1)
     z = publish(hub, "b", "z", T0 + 2)
     with pytest.raises(BuffersFull):
-        hub.make_message("c", "w", T0 + 3)  # a new buffer: nothing of its own to give up
+        hub.make_message("c", b'"w"', T0 + 3)  # a new buffer: nothing of its own to give up
     assert publish(hub, "a", "v", T0 + 3).data == "v"  # takes the place of the oldest of "a"
     # "b" is below --buffer-size, but at the cap it gives up its own oldest (never "a"'s) ...
     assert publish(hub, "b", "w", T0 + 3).data == "w"
@@ -440,7 +441,7 @@ def test_the_byte_cap_refuses_new_buffers_not_a_channel_giving_up_its_own_older_
     assert hub.read(["b"], Cursor.parse(f"{T0}-0"), T0 + 4).gaps == ["b"]
     assert hub.read(["b"], Cursor.parse(str(z.id)), T0 + 4).gaps == []
     with pytest.raises(BuffersFull):  # bigger than all of "b" can give
-        hub.make_message("b", "w" * 2 * len(z.json), T0 + 3)
+        hub.make_message("b", encode_json("w" * 2 * len(z.json)), T0 + 3)
     hub.sweep(T0 + 1004)  # older messages expire
     assert publish(hub, "c", "u", T0 + 1004).data == "u"
 

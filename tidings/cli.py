@@ -338,8 +338,10 @@ def cmd_zmq_proxy(args: argparse.Namespace) -> int:
         finally:
             sequencer.close()
 
+    from tidings.server import run_loop
+
     with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
-        asyncio.run(serve())
+        run_loop(serve())
     return 0
 
 

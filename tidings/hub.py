@@ -106,6 +106,19 @@ class Message:
     def __init__(
         self, id: MessageId, channel: str, data: JSONValue, time: int, live: bool = False, after_loss: bool = False
     ) -> None:
+        self._build(id, channel, encode_json(data), time, live, after_loss)
+
+    @classmethod
+    def from_json(
+        cls, id: MessageId, channel: str, data_json: bytes, time: int, live: bool = False, after_loss: bool = False
+    ) -> Message:
+        """A message whose data is JSON already (checked by whoever encoded it): what arrives
+        from a bus is not decoded and encoded again."""
+        message = cls.__new__(cls)
+        message._build(id, channel, data_json, time, live, after_loss)
+        return message
+
+    def _build(self, id: MessageId, channel: str, data_json: bytes, time: int, live: bool, after_loss: bool) -> None:
         self.id = id
         self.channel = channel
         self.time = time
@@ -116,7 +129,7 @@ class Message:
         self.json = b'{"id":%s,"channel":"%s","data":%s,"time":%d}' % (
             b"null" if live else b'"%s"' % str(id).encode(),
             channel.encode(),
-            encode_json(data),
+            data_json,
             time,
         )
         self.framed: dict[str, bytes] = {}
@@ -517,14 +530,14 @@ class Hub:
         ch.expire(now_ms, self.ttl_ms)
         return ch.after(after), max(after, ch.horizon)
 
-    def make_message(self, name: str, data: JSONValue, now_ms: int) -> Message:
+    def make_message(self, name: str, data_json: bytes, now_ms: int) -> Message:
         """A new message with the next id of channel `name`, published in this process (see
-        `publish`). It is not stored or delivered until `ingest`. Raises OverCapacity when
-        storing it would take this hub past a cap."""
+        `publish`; `data_json`: its data, encoded). It is not stored or delivered until `ingest`.
+        Raises OverCapacity when storing it would take this hub past a cap."""
         ch = self.channels.get(name)
         if ch is None:
             self.make_room((name,))
-        message = Message(self.next_id(name, now_ms), name, data, now_ms)
+        message = Message.from_json(self.next_id(name, now_ms), name, data_json, now_ms)
         limit = self.max_buffered_bytes
         if limit:
             growth = message.cost
@@ -540,7 +553,7 @@ class Hub:
     def publish(self, name: str, data: JSONValue, now_ms: int) -> Published:
         """Publish in this process: number the message here, store it and deliver it (the relay
         does this when the broker leaves numbering to each process). Raises OverCapacity."""
-        message = self.make_message(name, data, now_ms)
+        message = self.make_message(name, encode_json(data), now_ms)
         return Published(message.id, name, self.ingest(message, now_ms))
 
     def _fits_in_own_buffer(self, ch: Channel | None, message: Message) -> bool:

@@ -64,7 +64,7 @@ class Relay:
         self.bus: NumberingBus | None = broker if isinstance(broker, NumberingBus) else None
         self.loop = loop
         self.stats = PublishStats()
-        self.tasks: set[asyncio.Task[None]] = set()  # broker calls under way (shutdown waits for them)
+        self.tasks: set[asyncio.Future[Any]] = set()  # broker calls under way (shutdown waits for them)
 
     def publish(self, channel: str, data: JSONValue, answer: Callable[[Published], None], fail: Fail) -> None:
         """Publish to every process on the bus (`channel` and the size of `data` are checked already)."""
@@ -81,7 +81,7 @@ class Relay:
             fail(error)
 
         if self.bus is not None:
-            self._spawn(self._answer_when_done(self.bus.publish(channel, data), accepted, refused))
+            self._when_done(self.bus.publish(channel, data), accepted, refused)
             return
         try:
             result = self.hub.publish(channel, data, wall_clock_ms())
@@ -104,13 +104,13 @@ class Relay:
     def delete(self, channel: str, answer: Callable[[int | None], None], fail: Fail) -> None:
         """Delete `channel` everywhere; answers with the number of subscribers told (None: it held nothing)."""
         if self.bus is not None:
-            self._spawn(self._answer_when_done(self.bus.delete(channel), answer, fail))
+            self._when_done(self.bus.delete(channel), answer, fail)
         else:
             answer(self.hub.delete(channel))
 
     def info(self, channel: str, answer: Callable[[ChannelInfo], None], fail: Fail) -> None:
         if self.bus is not None:
-            self._spawn(self._answer_when_done(self.bus.info(channel, wall_clock_ms()), answer, fail))
+            self._when_done(self.bus.info(channel, wall_clock_ms()), answer, fail)
         else:
             answer(self.hub.info(channel, wall_clock_ms()))
 
@@ -170,17 +170,23 @@ class Relay:
 
     # -- answers from the bus
 
-    async def _answer_when_done(self, pending: Coroutine[Any, Any, T], answer: Callable[[T], None], fail: Fail) -> None:
-        try:
-            result = await pending
-        except REFUSALS as exc:
-            fail(exc)
-            return
-        except Exception:
-            log.exception("broker call failed")
-            fail(BrokerFailed("the broker call failed"))
-            return
-        self._answer_late(answer, result, fail)
+    def _when_done(self, pending: asyncio.Future[T], answer: Callable[[T], None], fail: Fail) -> None:
+        """Answer (or fail) when the bus has: a callback on its future, no task."""
+        tasks = self.tasks
+        tasks.add(pending)
+
+        def done(future: asyncio.Future[T]) -> None:
+            tasks.discard(future)
+            error = BrokerUnavailable("the broker call was cancelled") if future.cancelled() else future.exception()
+            if error is None:
+                self._answer_late(answer, future.result(), fail)
+            elif isinstance(error, REFUSALS):
+                fail(error)
+            else:
+                log.error("broker call failed", exc_info=error)
+                fail(BrokerFailed("the broker call failed"))
+
+        pending.add_done_callback(done)
 
     def _answer_late(self, answer: Callable[[T], None], result: T, fail: Fail) -> None:
         # From a task nobody awaits: an answer that raises is told to `fail`, so the client

@@ -10,7 +10,8 @@ import resource
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from tidings import child
 from tidings.brokers import create_broker
@@ -135,12 +136,17 @@ def configure_logging(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
 
 
-def run(settings: Settings) -> None:
-    configure_logging(settings)
-    raise_fd_limit()
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run `main` on uvloop (a server, a worker, the sequencer)."""
     try:
         import uvloop
     except ImportError:  # uvloop does not build everywhere; plain asyncio works the same
-        asyncio.run(serve(settings))
+        asyncio.run(main)
     else:
-        uvloop.run(serve(settings))
+        uvloop.run(main)
+
+
+def run(settings: Settings) -> None:
+    configure_logging(settings)
+    raise_fd_limit()
+    run_loop(serve(settings))

@@ -78,18 +78,20 @@ class Broker:
 
 
 class NumberingBus(Broker, ABC):
-    """A bus that numbers the messages (Redis): ids are the same in every process, so a client
-    may hold a cursor from a process ahead of this one (see `Hub.follows_bus`)."""
+    """A bus that numbers the messages (Redis, the ZeroMQ sequencer): ids are the same in every
+    process, so a client may hold a cursor from a process ahead of this one (see
+    `Hub.follows_bus`). Its calls answer later, as futures (the relay adds a callback: a
+    publish needs no task of its own where the bus can do without one)."""
 
     @abstractmethod
-    async def publish(self, channel: str, data: JSONValue) -> Published:
-        """Publish to every process; raises BrokerUnavailable when the bus is away."""
+    def publish(self, channel: str, data: JSONValue) -> asyncio.Future[Published]:
+        """Publish to every process; fails with BrokerUnavailable when the bus is away."""
 
     @abstractmethod
-    async def delete(self, channel: str) -> int | None:
+    def delete(self, channel: str) -> asyncio.Future[int | None]:
         """Delete a channel everywhere: the number of subscribers told, None if the channel
         held nothing."""
 
     @abstractmethod
-    async def info(self, channel: str, now_ms: int) -> ChannelInfo:
+    def info(self, channel: str, now_ms: int) -> asyncio.Future[ChannelInfo]:
         """A channel's subscribers over every process, its buffered count and last id."""

@@ -334,17 +334,26 @@ class RedisBroker(NumberingBus):
         ch = self.hub.get(channel)
         return ch.subscribers if ch is not None else 0
 
-    async def publish(self, channel: str, data: JSONValue) -> Published:
+    def publish(self, channel: str, data: JSONValue) -> asyncio.Future[Published]:
+        return asyncio.ensure_future(self._publish(channel, data))
+
+    def delete(self, channel: str) -> asyncio.Future[int | None]:
+        return asyncio.ensure_future(self._delete(channel))
+
+    def info(self, channel: str, now_ms: int) -> asyncio.Future[ChannelInfo]:
+        return asyncio.ensure_future(self._info(channel, now_ms))
+
+    async def _publish(self, channel: str, data: JSONValue) -> Published:
         # This process delivers its own message when it comes back on the subscription, in
         # order with everyone else's.
         ident, subscribers = await self.store.publish(channel, encode_json(data), self.node, self._local_count(channel))
         return Published(ident, channel, subscribers)
 
-    async def delete(self, channel: str) -> int | None:
+    async def _delete(self, channel: str) -> int | None:
         existed, told = await self.store.delete(channel, self.node, self._local_count(channel))
         return told if existed or told else None
 
-    async def info(self, channel: str, now_ms: int) -> ChannelInfo:
+    async def _info(self, channel: str, now_ms: int) -> ChannelInfo:
         length, last, subscribers = await self.store.info(channel, self.node, self._local_count(channel))
         return ChannelInfo(channel, subscribers, length, max(last, self.hub.info(channel, now_ms).last_id))
 

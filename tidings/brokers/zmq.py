@@ -22,11 +22,13 @@ import itertools
 import json
 import logging
 import secrets
+from collections.abc import Callable
+from typing import Any, NamedTuple, TypeVar
 
 import zmq
 
 from tidings.brokers.base import NumberingBus, cancel_all
-from tidings.errors import BrokerUnavailable, InvalidChannel, TooManyChannels
+from tidings.errors import BrokerFailed, BrokerUnavailable, TidingsError, TooManyChannels
 from tidings.hub import (
     ZERO_ID,
     ChannelInfo,
@@ -37,12 +39,12 @@ from tidings.hub import (
     MessageId,
     Published,
     encode_json,
-    validate_channel,
     wall_clock_ms,
 )
-from tidings.sequencer import CONTROL, HEARTBEAT, Inbox, parse_id, set_socket_options
+from tidings.sequencer import CONTROL, HEARTBEAT, NOBLOCK, SEP, Inbox, pack, parse_id, set_socket_options
 
 log = logging.getLogger("tidings.zmq")
+T = TypeVar("T")
 
 REQUEST_TIMEOUT = 2.0  # seconds before an unanswered request is a 503
 CONNECT_WAIT = 5.0  # seconds a starting process waits for the sequencer before serving anyway
@@ -70,6 +72,26 @@ def parse_url(url: str) -> tuple[str, str, str]:
     return front, back, requests
 
 
+class Request(NamedTuple):
+    """A request awaiting the sequencer's answer: its future, the loop time it gives up, and
+    what makes the answer's fields into the future's result."""
+
+    answer: asyncio.Future[Any]
+    expires: float
+    read: Callable[[list[bytes]], Any]
+
+
+def _fields(results: list[bytes]) -> list[bytes]:
+    return results
+
+
+def _refusal(fields: list[bytes]) -> TidingsError:
+    code, detail = [*fields, b"", b""][:2]
+    if code == TooManyChannels.code.encode():
+        return TooManyChannels(detail.decode(errors="replace"))
+    return BrokerUnavailable(f"the sequencer refused: {detail.decode(errors='replace')}")
+
+
 class ZmqBroker(NumberingBus):
     name = "zmq"
     keeps_history = True
@@ -86,8 +108,7 @@ class ZmqBroker(NumberingBus):
             set_socket_options(sock)
         self.dealer.setsockopt(zmq.IMMEDIATE, 1)  # no queueing for a sequencer that is not there: a 503 now
         self.refs = itertools.count()
-        # Requests awaiting their answer, and the loop time each gives up (see `_expire`).
-        self.pending: dict[bytes, tuple[asyncio.Future[list[bytes]], float]] = {}
+        self.pending: dict[bytes, Request] = {}  # by reference (see `_request`, `_expire`)
         self.active: dict[str, asyncio.Future[None]] = {}  # channels subscribed (done once probed)
         self.repairing: dict[str, list[list[bytes]]] = {}  # channels being caught up: what arrived meanwhile
         self.gapped: set[str] = set()  # channels whose next message comes after a loss (a new sequencer)
@@ -103,8 +124,8 @@ class ZmqBroker(NumberingBus):
         # ZeroMQ connects in the background and reconnects by itself.
         self.dealer.connect(self.requests)
         self.sub.connect(self.backend)
-        self.sub.setsockopt(zmq.SUBSCRIBE, CONTROL)
-        loop = asyncio.get_running_loop()
+        self.sub.setsockopt(zmq.SUBSCRIBE, CONTROL + SEP)
+        loop = self.loop = asyncio.get_running_loop()
         self.answers_in = Inbox(loop, self.dealer, self._answer)
         self.messages_in = Inbox(loop, self.sub, self._receive)
         self._tasks = [
@@ -131,6 +152,10 @@ class ZmqBroker(NumberingBus):
         if self._tasks:  # (started)
             self.answers_in.close()
             self.messages_in.close()
+        for request in self.pending.values():
+            if not request.answer.done():
+                request.answer.set_exception(BrokerUnavailable("the server is stopping"))
+        self.pending.clear()
         self.dealer.close(0)
         self.sub.close(0)
         self.context.term()
@@ -144,47 +169,57 @@ class ZmqBroker(NumberingBus):
 
     # -- requests
 
-    async def _ask(self, op: bytes, *args: bytes) -> list[bytes]:
+    def _request(self, op: bytes, args: tuple[bytes, ...], read: Callable[[list[bytes]], T]) -> asyncio.Future[T]:
+        """Send a request; its future gets `read(fields of the answer)`, or BrokerUnavailable
+        (the sequencer is not reachable, or did not answer within REQUEST_TIMEOUT; see `_expire`),
+        or TooManyChannels. A future, not a coroutine: a publish needs no task of its own."""
+        answer: asyncio.Future[T] = self.loop.create_future()
         ref = b"%d" % next(self.refs)
-        loop = asyncio.get_running_loop()
-        answer: asyncio.Future[list[bytes]] = loop.create_future()
         # The deadline: a request that reaches the sequencer after it (ZeroMQ resends what was
         # queued when a connection comes back) is dropped there, so that a 503 for a timeout
         # does not turn into a publish later.
         deadline = b"%d" % (wall_clock_ms() + int(REQUEST_TIMEOUT * 1000))
         try:
-            self.dealer.send_multipart([b"", ref, op, deadline, *args], flags=zmq.NOBLOCK)
+            self.dealer.send(pack(op, ref, deadline, *args), NOBLOCK)
         except zmq.Again:
-            raise BrokerUnavailable("the ZeroMQ sequencer is not reachable") from None
+            answer.set_exception(BrokerUnavailable("the ZeroMQ sequencer is not reachable"))
+            return answer
         finally:
             self.answers_in.sent()
-        self.pending[ref] = (answer, loop.time() + REQUEST_TIMEOUT)
-        try:
-            status, *results = await answer
-        finally:
-            self.pending.pop(ref, None)
-        if status != b"ok":
-            code, detail = results[0].decode(), results[1].decode()
-            if code == TooManyChannels.code:
-                raise TooManyChannels(detail)
-            raise BrokerUnavailable(f"the sequencer refused: {detail}")
-        return results
+        self.pending[ref] = Request(answer, self.loop.time() + REQUEST_TIMEOUT, read)
+        return answer
 
-    def _answer(self, frames: list[bytes]) -> None:
-        waiting = self.pending.get(frames[1]) if len(frames) >= 3 else None
-        if waiting is not None and not waiting[0].done():
-            waiting[0].set_result(frames[2:])
+    async def _ask(self, op: bytes, *args: bytes) -> list[bytes]:
+        return await self._request(op, args, _fields)
+
+    def _answer(self, frame: bytes) -> None:
+        ref, _, rest = frame.partition(SEP)
+        request = self.pending.pop(ref, None)
+        if request is None or request.answer.done():
+            return  # (given up)
+        status, _, results = rest.partition(SEP)
+        fields = results.split(SEP) if results else []
+        if status != b"ok":
+            request.answer.set_exception(_refusal(fields))
+            return
+        try:
+            request.answer.set_result(request.read(fields))
+        except (ValueError, IndexError, TidingsError) as exc:
+            log.error("a malformed answer from the sequencer: %r (%s)", frame[:200], exc)
+            request.answer.set_exception(BrokerFailed("a malformed answer from the sequencer"))
 
     async def _expire(self) -> None:
         """Fail the requests left unanswered past REQUEST_TIMEOUT: one timer for all of them
         (a timeout per request, `asyncio.wait_for`, cost a task and a timer handle each)."""
-        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(REQUEST_TIMEOUT / 8)
-            now = loop.time()
-            for answer, expires in list(self.pending.values()):
-                if expires < now and not answer.done():
-                    answer.set_exception(
+            now = self.loop.time()
+            for ref, request in list(self.pending.items()):
+                if request.answer.done():
+                    del self.pending[ref]  # (its asker was cancelled)
+                elif request.expires < now:
+                    del self.pending[ref]
+                    request.answer.set_exception(
                         BrokerUnavailable(f"the ZeroMQ sequencer did not answer within {REQUEST_TIMEOUT:g} s")
                     )
 
@@ -192,23 +227,28 @@ class ZmqBroker(NumberingBus):
         ch = self.hub.get(channel)
         return b"%d" % (ch.subscribers if ch is not None else 0)
 
-    async def publish(self, channel: str, data: JSONValue) -> Published:
+    def publish(self, channel: str, data: JSONValue) -> asyncio.Future[Published]:
         # This process delivers its own message when it comes back from the sequencer, in
         # order with everyone else's.
-        ident, subscribers = await self._ask(
-            b"pub", channel.encode(), encode_json(data), self.node, self._own_count(channel)
-        )
-        return Published(parse_id(ident), channel, int(subscribers))
+        def published(fields: list[bytes]) -> Published:
+            return Published(parse_id(fields[0]), channel, int(fields[1]))
 
-    async def delete(self, channel: str) -> int | None:
-        existed, told = await self._ask(b"del", channel.encode(), self.node, self._own_count(channel))
-        return int(told) if existed == b"1" or int(told) else None
+        args = (channel.encode(), self.node, self._own_count(channel), encode_json(data))
+        return self._request(b"pub", args, published)
 
-    async def info(self, channel: str, now_ms: int) -> ChannelInfo:
-        subscribers, buffered, last = await self._ask(b"info", channel.encode(), self.node, self._own_count(channel))
-        return ChannelInfo(
-            channel, int(subscribers), int(buffered), max(parse_id(last), self.hub.info(channel, now_ms).last_id)
-        )
+    def delete(self, channel: str) -> asyncio.Future[int | None]:
+        def deleted(fields: list[bytes]) -> int | None:
+            told = int(fields[1])
+            return told if fields[0] == b"1" or told else None
+
+        return self._request(b"del", (channel.encode(), self.node, self._own_count(channel)), deleted)
+
+    def info(self, channel: str, now_ms: int) -> asyncio.Future[ChannelInfo]:
+        def info(fields: list[bytes]) -> ChannelInfo:
+            last = max(parse_id(fields[2]), self.hub.info(channel, wall_clock_ms()).last_id)
+            return ChannelInfo(channel, int(fields[0]), int(fields[1]), last)
+
+        return self._request(b"info", (channel.encode(), self.node, self._own_count(channel)), info)
 
     async def _report(self) -> None:
         while True:
@@ -254,7 +294,7 @@ class ZmqBroker(NumberingBus):
             return
         loop = asyncio.get_running_loop()
         started = self.active[channel] = loop.create_future()
-        self.sub.setsockopt(zmq.SUBSCRIBE, channel.encode())
+        self.sub.setsockopt(zmq.SUBSCRIBE, channel.encode() + SEP)
         self.messages_in.sent()
         # Probe until the sequencer's answer comes back on the subscription: from then on
         # every message of the channel reaches this process, and what came before is history.
@@ -266,7 +306,7 @@ class ZmqBroker(NumberingBus):
         except BaseException:
             if not started.done():
                 del self.active[channel]  # the next read tries again
-                self.sub.setsockopt(zmq.UNSUBSCRIBE, channel.encode())
+                self.sub.setsockopt(zmq.UNSUBSCRIBE, channel.encode() + SEP)
                 self.messages_in.sent()
                 started.cancel()
             raise
@@ -283,31 +323,34 @@ class ZmqBroker(NumberingBus):
                     unused.add(name)
             for name in unused & idle:
                 del self.active[name]
-                self.sub.setsockopt(zmq.UNSUBSCRIBE, name.encode())
+                self.sub.setsockopt(zmq.UNSUBSCRIBE, name.encode() + SEP)
                 self.messages_in.sent()
             idle = unused - idle
 
     # -- receiving
 
-    def _receive(self, frames: list[bytes]) -> None:
+    def _receive(self, frame: bytes) -> None:
+        frames = frame.split(SEP, 5)  # (a message's data, last, keeps whatever it holds)
+        if len(frames) < 2:
+            return
         if frames[0] == CONTROL:
             self._heartbeat(frames[1])
             return
         try:
-            channel = validate_channel(frames[0].decode())
-        except (UnicodeDecodeError, InvalidChannel):
+            channel = frames[0].decode()
+        except UnicodeDecodeError:
             return
         started = self.active.get(channel)
         if started is None:
-            return  # a longer name that shares a subscribed prefix (ZeroMQ filters by prefix)
+            return  # (unsubscribed a moment ago)
         kind = frames[1]
-        if kind == b"probe":
+        if kind == b"probe" and len(frames) == 4:
             if frames[2] == self.node and not started.done():
                 self.hub.known_from(channel, parse_id(frames[3]))
                 started.set_result(None)
         elif kind == b"deleted":
             self.hub.delete(channel)
-        elif kind == b"m" and started.done():
+        elif kind == b"m" and started.done() and len(frames) == 6:
             self.received += 1
             waiting = self.repairing.get(channel)
             if waiting is not None:
@@ -325,7 +368,7 @@ class ZmqBroker(NumberingBus):
             self.gapped.discard(channel)
             lost = lost or 1
         now = wall_clock_ms()
-        self.hub.ingest(Message(ident, channel, json.loads(frames[5]), ident.ms, after_loss=bool(lost)), now)
+        self.hub.ingest(Message.from_json(ident, channel, frames[5], ident.ms, after_loss=bool(lost)), now)
 
     def _repair(self, channel: str, frames: list[bytes]) -> None:
         """Messages before this one did not arrive: fetch them, then deliver in order."""
