@@ -264,3 +264,52 @@ def test_a_client_resumes_exactly_on_another_node(
         got.append(message["id"])
         cursor = message["id"]
     assert got == sent
+
+
+def test_the_sequencer_answers_a_turn_of_requests_in_one_message_and_refuses_malformed_ones(
+    forwarder: Forwarder, channel: str
+) -> None:
+    """The wire between the sequencer and Tidings processes, spoken by hand: the requests of a
+    turn travel as one message and their answers come back as one; a malformed request is
+    refused by its reference and does not stop the others; a message reaches the subscribers
+    of its channel alone, not those of a longer name it is a prefix of."""
+    context = zmq.Context()
+    dealer, sub = context.socket(zmq.DEALER), context.socket(zmq.SUB)
+    try:
+        dealer.connect(forwarder.requests)
+        sub.connect(forwarder.backend)
+        sub.setsockopt(zmq.SUBSCRIBE, channel.encode() + b"\x00")
+        deadline = b"%d" % (time.time() * 1000 + 60_000)
+
+        def request(*fields: bytes) -> bytes:
+            return b"\x00".join(fields)
+
+        # Probe until the subscription works (ZeroMQ subscribes asynchronously).
+        probed = False
+        for _ in range(100):
+            dealer.send(request(b"probe", b"p", deadline, channel.encode(), b"token"))
+            assert dealer.poll(5000)
+            dealer.recv_multipart()
+            if sub.poll(50):
+                assert sub.recv().startswith(channel.encode() + b"\x00probe\x00token\x00")
+                probed = True
+                break
+        assert probed
+        dealer.send_multipart([
+            request(b"pub", b"1", deadline, channel.encode() + b"x", b"node", b"0", b"2"),
+            request(b"pub", b"2", deadline, channel.encode(), b"node", b"0", b"{not json"),
+            request(b"pub", b"3", deadline, channel.encode(), b"node", b"0", b'{"n":1}'),
+            request(b"nonsense", b"4", deadline, b""),
+        ])  # fmt: skip
+        assert dealer.poll(5000)
+        answers = [frame.split(b"\x00") for frame in dealer.recv_multipart()]
+        assert [a[:2] for a in answers] == [[b"1", b"ok"], [b"2", b"err"], [b"3", b"ok"], [b"4", b"err"]]
+        assert answers[1][2] == b"invalid_request"
+        assert sub.poll(5000)
+        fields = sub.recv().split(b"\x00")
+        assert fields[0] == channel.encode() and fields[1:3] == [b"m", answers[2][2]] and fields[5] == b'{"n":1}'
+        assert not sub.poll(100)  # (nothing of the longer name, nothing refused)
+    finally:
+        dealer.close(0)
+        sub.close(0)
+        context.term()

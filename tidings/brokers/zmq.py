@@ -41,7 +41,7 @@ from tidings.hub import (
     encode_json,
     wall_clock_ms,
 )
-from tidings.sequencer import CONTROL, HEARTBEAT, NOBLOCK, SEP, Inbox, pack, parse_id, set_socket_options
+from tidings.sequencer import CONTROL, HEARTBEAT, SEP, Inbox, pack, parse_id, send_frames, set_socket_options
 
 log = logging.getLogger("tidings.zmq")
 T = TypeVar("T")
@@ -109,6 +109,7 @@ class ZmqBroker(NumberingBus):
         self.dealer.setsockopt(zmq.IMMEDIATE, 1)  # no queueing for a sequencer that is not there: a 503 now
         self.refs = itertools.count()
         self.pending: dict[bytes, Request] = {}  # by reference (see `_request`, `_expire`)
+        self.outgoing: list[tuple[bytes, bytes]] = []  # requests of this loop turn, not sent yet
         self.active: dict[str, asyncio.Future[None]] = {}  # channels subscribed (done once probed)
         self.repairing: dict[str, list[list[bytes]]] = {}  # channels being caught up: what arrived meanwhile
         self.gapped: set[str] = set()  # channels whose next message comes after a loss (a new sequencer)
@@ -126,7 +127,7 @@ class ZmqBroker(NumberingBus):
         self.sub.connect(self.backend)
         self.sub.setsockopt(zmq.SUBSCRIBE, CONTROL + SEP)
         loop = self.loop = asyncio.get_running_loop()
-        self.answers_in = Inbox(loop, self.dealer, self._answer)
+        self.answers_in = Inbox(loop, self.dealer, self._answers, multipart=True)
         self.messages_in = Inbox(loop, self.sub, self._receive)
         self._tasks = [
             loop.create_task(self._expire()),
@@ -172,25 +173,41 @@ class ZmqBroker(NumberingBus):
     def _request(self, op: bytes, args: tuple[bytes, ...], read: Callable[[list[bytes]], T]) -> asyncio.Future[T]:
         """Send a request; its future gets `read(fields of the answer)`, or BrokerUnavailable
         (the sequencer is not reachable, or did not answer within REQUEST_TIMEOUT; see `_expire`),
-        or TooManyChannels. A future, not a coroutine: a publish needs no task of its own."""
+        or TooManyChannels. A future, not a coroutine: a publish needs no task of its own.
+
+        The requests of one loop turn leave together, as one ZeroMQ message (`_send_requests`),
+        and come back as one: each message costs a hop through ZeroMQ's I/O threads on both
+        sides, which is most of what a publish through the sequencer costs."""
         answer: asyncio.Future[T] = self.loop.create_future()
         ref = b"%d" % next(self.refs)
         # The deadline: a request that reaches the sequencer after it (ZeroMQ resends what was
         # queued when a connection comes back) is dropped there, so that a 503 for a timeout
         # does not turn into a publish later.
         deadline = b"%d" % (wall_clock_ms() + int(REQUEST_TIMEOUT * 1000))
-        try:
-            self.dealer.send(pack(op, ref, deadline, *args), NOBLOCK)
-        except zmq.Again:
-            answer.set_exception(BrokerUnavailable("the ZeroMQ sequencer is not reachable"))
-            return answer
-        finally:
-            self.answers_in.sent()
+        if not self.outgoing:
+            self.loop.call_soon(self._send_requests)
+        self.outgoing.append((ref, pack(op, ref, deadline, *args)))
         self.pending[ref] = Request(answer, self.loop.time() + REQUEST_TIMEOUT, read)
         return answer
 
+    def _send_requests(self) -> None:
+        outgoing, self.outgoing = self.outgoing, []
+        try:
+            send_frames(self.dealer, [frame for _, frame in outgoing])
+        except zmq.Again:
+            for ref, _ in outgoing:
+                request = self.pending.pop(ref, None)
+                if request is not None and not request.answer.done():
+                    request.answer.set_exception(BrokerUnavailable("the ZeroMQ sequencer is not reachable"))
+        finally:
+            self.answers_in.sent()
+
     async def _ask(self, op: bytes, *args: bytes) -> list[bytes]:
         return await self._request(op, args, _fields)
+
+    def _answers(self, frames: list[bytes]) -> None:
+        for frame in frames:
+            self._answer(frame)
 
     def _answer(self, frame: bytes) -> None:
         ref, _, rest = frame.partition(SEP)
