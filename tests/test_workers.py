@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 
 import httpx
@@ -32,12 +33,12 @@ def fresh(srv: ServerProcess) -> httpx.Client:
 
 
 def worker_pids(srv: ServerProcess, client: httpx.Client, count: int) -> set[int]:
-    """The workers that answer, asked until `count` different ones have (bounded)."""
+    """The workers that answer, asked until `count` different ones have (bounded: a worker may
+    still be starting, e.g. connecting to Redis, when the first one answers)."""
     seen: set[int] = set()
-    for _ in range(400):
+    deadline = time.monotonic() + 15
+    while len(seen) < count and time.monotonic() < deadline:
         seen.add(client.get("/healthz").json()["pid"])
-        if len(seen) == count:
-            break
     assert srv.pid not in seen
     return seen
 

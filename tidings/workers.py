@@ -1,7 +1,9 @@
 """`tidings serve --workers N`: every core of the machine, with exact cursors.
 
 A parent binds the listening socket and starts N worker processes that inherit it (each runs the
-whole server, `tidings serve`, and the kernel hands each new connection to one of them). With the
+whole server, `tidings serve`, and the kernel hands each new connection to one of them: one
+accept queue, so a worker that stops or dies strands no connection, which per-worker
+SO_REUSEPORT sockets do; README "Every core" has the measurements). With the
 memory broker it also starts an embedded sequencer (`tidings zmq-proxy` on ipc:// endpoints in a
 private folder): it numbers every message and keeps the history, and every worker's hub is a
 cache of it, so a client whose requests land on different workers gets every message once, in
