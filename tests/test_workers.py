@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 from conftest import RedisProcess, ServerProcess, wait_until
+from prometheus_client.parser import text_string_to_metric_families
 
 CLOSE = {"Connection": "close"}
 Workers = tuple[ServerProcess, httpx.Client]
@@ -154,3 +155,41 @@ def test_a_bad_worker_count_is_a_one_line_error(value: str) -> None:
     done = subprocess.run([sys.executable, "-m", "tidings", "serve", "--port", "0", "--workers", value],
                           capture_output=True, text=True, timeout=30)  # fmt: skip
     assert done.returncode == 1 and done.stderr.startswith("tidings: --workers is a positive number or auto")
+
+
+def metric_by_worker(text: str, name: str) -> dict[str, float]:
+    """`name`'s value per `worker` label in a /metrics answer."""
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                values[sample.labels["worker"]] = sample.value
+    return values
+
+
+def test_healthz_and_metrics_answer_for_every_worker(workers: Workers, channel: str) -> None:
+    srv, client = workers
+    pids = worker_pids(srv, client, 2)
+    published = 12
+    for i in range(published):
+        client.post(f"/pub/{channel}", json=i)
+
+    def whole_server() -> bool:  # (each worker's snapshot is at most a second old)
+        health = client.get("/healthz").json()
+        counts = metric_by_worker(client.get("/metrics").text, "tidings_publishes_total")
+        return (
+            {w["pid"] for w in health["workers"]} == pids
+            and all(w["status"] == "ok" for w in health["workers"])
+            and counts.keys() == {"1", "2"}
+            and sum(counts.values()) == published
+        )
+
+    wait_until(whole_server, 10, "/healthz and /metrics counting both workers")
+    health = client.get("/healthz").json()
+    assert health["pid"] == health["workers"][0]["pid"]  # the answering worker first
+    assert [w["broker"] for w in health["workers"]] == ["zmq", "zmq"]
+    # Every family appears once, with a series per worker (a valid exposition).
+    text = client.get("/metrics").text
+    types = [line for line in text.splitlines() if line.startswith("# TYPE")]
+    assert len(types) == len(set(types)) and "# TYPE tidings_publish_seconds histogram" in types
+    assert set(metric_by_worker(text, "tidings_connections").keys()) == {"1", "2"}

@@ -15,6 +15,7 @@ from typing import Any
 LISTEN_FD = "TIDINGS_LISTEN_FD"
 READY_FD = "TIDINGS_READY_FD"
 LIFELINE_FD = "TIDINGS_LIFELINE_FD"
+WORKER = "TIDINGS_WORKER"  # this worker's number and the parent's private folder: "N:FOLDER"
 
 
 def _take(name: str) -> int | None:
@@ -26,6 +27,15 @@ def inherited_socket() -> socket.socket | None:
     """The listening socket the parent bound, if this process is a worker."""
     fd = _take(LISTEN_FD)
     return socket.socket(fileno=fd) if fd is not None else None
+
+
+def worker_place() -> tuple[int, str] | None:
+    """This worker's number (1 to N) and the folder the workers share, if this is a worker."""
+    value = os.environ.pop(WORKER, None)
+    if not value:
+        return None
+    number, _, folder = value.partition(":")
+    return int(number), folder
 
 
 def tell_ready() -> None:

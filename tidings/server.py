@@ -18,6 +18,7 @@ from tidings.brokers import create_broker
 from tidings.config import Settings
 from tidings.web.app import App
 from tidings.web.http import connection_factory
+from tidings.web.siblings import Siblings
 
 log = logging.getLogger("tidings")
 
@@ -39,6 +40,9 @@ async def serve(settings: Settings, on_ready: Callable[[str, int], None] | None 
     app = App(settings, broker, loop)  # first: a bad setting fails before the broker connects
     # Then a taken port, before the broker connects (a worker's socket is its parent's).
     sock = child.inherited_socket() or listening_socket(settings.host, settings.port)
+    place = child.worker_place()
+    if place is not None:
+        app.siblings = Siblings(place[1], place[0], loop, app.snapshot)
     server = await loop.create_server(
         connection_factory(app, app.limits, loop), sock=sock, backlog=BACKLOG, start_serving=False
     )

@@ -127,7 +127,10 @@ class Supervisor:
         env = _environment(dataclasses.replace(settings, workers="1", broker=broker))
         env[child.LISTEN_FD] = str(self.sock.fileno())
         argv = [sys.executable, "-m", "tidings", "serve"]
-        self.workers = [Child(f"worker {i + 1}", argv, env, [self.sock.fileno()]) for i in range(count)]
+        self.workers = [
+            Child(f"worker {i}", argv, {**env, child.WORKER: f"{i}:{self.folder}"}, [self.sock.fileno()])
+            for i in range(1, count + 1)
+        ]
         self.stopping = False
 
     async def run(self) -> None:

@@ -185,7 +185,7 @@ def test_a_body_over_the_limit_is_413(start_server: Callable[..., ServerProcess]
         assert client.post(f"/pub/{channel}", content=b"x" * 1000).status_code == 202
         r = client.post(f"/pub/{channel}", content=b"x" * 1001)
         assert r.status_code == 413 and _error(r) == "body_too_large"
-        assert client.get("/healthz").json() == {"status": "ok", "broker": "memory", "pid": srv.pid}
+        assert client.get("/healthz").json() == {"status": "ok", "broker": "memory", "pid": srv.pid, "subscribers": 0}
 
 
 def test_a_deleted_channel_answers_a_held_poll_410_naming_it(

@@ -22,6 +22,7 @@ from tidings.web.forwarded import ForwardedHeaders
 from tidings.web.http import HttpConnection, HttpError, Limits, Request, TurnBatcher
 from tidings.web.origin import OriginPolicy
 from tidings.web.registry import StreamRegistry
+from tidings.web.siblings import Siblings
 from tidings.web.wheel import TimeoutWheel
 
 
@@ -59,6 +60,7 @@ class App:
             self.auth = Auth(settings.auth_secret, pem, settings.public_channels)
         self.stats = metrics.Stats()
         self.metrics = metrics.Metrics(hub, self.relay, self.stats, self.connections)
+        self.siblings: Siblings | None = None  # set by the server in a worker of --workers N
         self._sweeper: asyncio.TimerHandle | None = None
 
     # -- lifecycle
@@ -66,6 +68,12 @@ class App:
     def start(self) -> None:
         self.streams.start()
         self._sweep()
+        if self.siblings is not None:
+            self.siblings.start()
+
+    def snapshot(self) -> dict[str, JSONValue]:
+        """This worker's figures, for the others to answer with (`web/siblings.py`)."""
+        return {"health": info.health_figures(self), "metrics": self.metrics.exposition().decode()}
 
     def _sweep(self) -> None:
         self.hub.sweep(wall_clock_ms())
@@ -75,6 +83,8 @@ class App:
         """Answer held long-polls, end streams, close idle connections."""
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self.siblings is not None:
+            self.siblings.stop()
         self.streams.stop()
         self.timeouts.stop()
         for conn in list(self.connections):
@@ -164,7 +174,10 @@ class App:
             info.channel(self, conn, rest)
         elif request.path == "/metrics":
             _allow(method, "GET", "HEAD")
-            self.metrics.serve(conn)
+            if self.siblings is None:
+                self.metrics.serve(conn)
+            else:
+                self.metrics.serve(conn, self.siblings.worker, self.siblings.others())
         elif request.path == "/openapi.json":
             _allow(method, "GET", "HEAD")
             conn.respond(200, self.openapi)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from tidings.hub import ChannelInfo, encode_json, validate_channel
+from tidings.hub import ChannelInfo, JSONValue, encode_json, validate_channel
 from tidings.web.errors import failing
 from tidings.web.http import HttpConnection
 
@@ -28,8 +28,25 @@ def _answer_info(conn: HttpConnection, info: ChannelInfo) -> None:
     conn.respond(200, encode_json(body))
 
 
-def health(app: Services, conn: HttpConnection) -> None:
+def health_figures(app: Services) -> dict[str, JSONValue]:
+    """This process's health (a worker's snapshot holds it too, `web/siblings.py`)."""
     broker = app.relay.broker
-    healthy = broker.healthy
-    body = {"status": "ok" if healthy else "unavailable", "broker": broker.name, "pid": os.getpid(), **broker.stats()}
-    conn.respond(200 if healthy else 503, encode_json(body))
+    return {
+        "status": "ok" if broker.healthy else "unavailable",
+        "broker": broker.name,
+        "pid": os.getpid(),
+        "subscribers": sum(ch.subscribers for ch in app.hub.channels.values()),
+        **broker.stats(),
+    }
+
+
+def health(app: Services, conn: HttpConnection) -> None:
+    """This process's health (its status is the answer's: a load balancer asks the process it
+    reaches); a worker of `--workers N` adds every worker's, as each last wrote it."""
+    body = health_figures(app)
+    siblings = app.siblings
+    if siblings is not None:
+        workers: list[JSONValue] = [{"worker": siblings.worker, **body}]
+        workers += [{"worker": other["worker"], **other["health"]} for other in siblings.others()]
+        body["workers"] = workers
+    conn.respond(200 if body["status"] == "ok" else 503, encode_json(body))

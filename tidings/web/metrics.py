@@ -5,11 +5,14 @@ subscriber; only the publish latency histogram is fed per publish (by the relay)
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 from tidings.hub import Hub
 from tidings.relay import Relay
@@ -97,5 +100,42 @@ class Metrics:
         self.registry.register(TidingsCollector(hub, relay, stats, connections))
         self.registry.register(relay.stats.seconds)
 
-    def serve(self, conn: HttpConnection) -> None:
-        conn.respond(200, generate_latest(self.registry), CONTENT_TYPE)
+    def exposition(self) -> bytes:
+        """This process's metrics, in the text format."""
+        return generate_latest(self.registry)
+
+    def serve(self, conn: HttpConnection, worker: int | None = None, others: Iterable[dict[str, Any]] = ()) -> None:
+        """This process's metrics; for a worker of `--workers N`, every worker's, each series
+        labelled with its `worker` number (this one's live, the others' from their snapshots,
+        `web/siblings.py`)."""
+        if worker is None:
+            conn.respond(200, self.exposition(), CONTENT_TYPE)
+            return
+        families: dict[str, Metric] = {}
+        _add_labelled(families, self.registry.collect(), worker)
+        for snapshot in others:
+            _add_labelled(families, text_string_to_metric_families(snapshot["metrics"]), snapshot["worker"])
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Fixed(list(families.values())))
+        conn.respond(200, generate_latest(registry), CONTENT_TYPE)
+
+
+def _add_labelled(families: dict[str, Metric], found: Iterable[Metric], worker: int) -> None:
+    for family in found:
+        if family.name.endswith("_created"):
+            continue  # (a histogram's creation time: read back from the text, it is a family of its own)
+        merged = families.get(family.name)
+        if merged is None:
+            merged = families[family.name] = Metric(family.name, family.documentation, family.type, family.unit)
+        merged.samples.extend(
+            Sample(s.name, {**s.labels, "worker": str(worker)}, s.value, s.timestamp, s.exemplar)
+            for s in family.samples
+        )
+
+
+class _Fixed(Collector):
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)

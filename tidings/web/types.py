@@ -13,6 +13,7 @@ from tidings.relay import Relay
 from tidings.web.http import Request, TurnBatcher
 from tidings.web.metrics import Stats
 from tidings.web.registry import StreamRegistry
+from tidings.web.siblings import Siblings
 from tidings.web.wheel import TimeoutWheel
 
 
@@ -25,6 +26,7 @@ class Services(Protocol):
     batcher: TurnBatcher  # writes at the end of the loop turn
     timeouts: TimeoutWheel  # held long-polls
     streams: StreamRegistry  # heartbeats and the unsent-bytes cap
+    siblings: Siblings | None  # the other workers of --workers N (for /healthz, /metrics)
 
     def authorize(self, request: Request, action: str, channels: tuple[str, ...] | list[str]) -> None:
         """Raises HttpError (401, 403) unless the request's token allows `action` on `channels`."""
