@@ -1,6 +1,9 @@
 """python -m bench [--quick] [--smoke] [--servers tidings,nchan] [--scenarios ABCD] [--transports ...] [--repeat N]
 
-python -m bench soak [--minutes M] [--subscribers N] ...: the long run with churn (bench/soak.py)."""
+python -m bench soak [--minutes M] [--subscribers N] ...: the long run with churn (bench/soak.py).
+
+python -m bench capacity [--subscribers 60000] [--processes 4] ...: more idle subscribers than one
+process may hold, and one publish reaching them all (bench/capacity.py)."""
 
 from __future__ import annotations
 
@@ -22,6 +25,10 @@ def main() -> int:
         from bench import soak
 
         return soak.main(sys.argv[2:])
+    if sys.argv[1:2] == ["capacity"]:
+        from bench import capacity
+
+        return capacity.main(sys.argv[2:])
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes, one repetition (under 2 minutes)")
     parser.add_argument(

@@ -50,6 +50,10 @@ class Job:
     prefix: str = "b"
     publishers: int = 32
     max_seconds: float = 60.0
+    # Several generators on one run (`python -m bench capacity`): this one's subscribers are
+    # numbered from `first` (they take source addresses after the others'), and only one publishes.
+    first: int = 0
+    publishes: bool = True
 
 
 class Stats:
@@ -419,8 +423,8 @@ async def run_delivery(job: Job) -> None:
     subs = [Subscriber(names[i % len(names)], job.messages) for i in range(job.subscribers)]
     stats.expected = sum(len(range(i % len(names), job.messages, len(names))) for i in range(len(subs)))
     started = time.monotonic()
-    await open_subscribers(job, stats, subs)
-    await wait_connected(stats, len(subs), 60)
+    await open_subscribers(job, stats, subs, first=job.first)
+    await wait_connected(stats, len(subs), 120)
     if job.transport == "longpoll" and job.flavour == "tidings":
         deadline = time.monotonic() + 30
         while any(not s.cursor for s in subs) and time.monotonic() < deadline:
@@ -430,7 +434,7 @@ async def run_delivery(job: Job) -> None:
         return
     cpu0, t0 = own_cpu(), time.monotonic()
     deadline = t0 + job.max_seconds
-    sent, answers = await publish(job, names, deadline)
+    sent, answers = await publish(job, names, deadline) if job.publishes else (0, [])
     if stats.expected:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stats.done.wait(), max(0.1, deadline - time.monotonic()))

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -188,9 +189,12 @@ class Nchan(Server):
     flavour = "nchan"
     module = Path("/usr/lib/nginx/modules/ngx_nchan_module.so")
 
-    def __init__(self) -> None:
+    def __init__(self, workers: int = 1) -> None:
         super().__init__()
         self.dir = ""  # made at start, removed at stop
+        self.workers = workers
+        if workers > 1:
+            self.name = f"nchan-w{workers}"
 
     def unavailable(self) -> str | None:
         if shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists():
@@ -201,7 +205,11 @@ class Nchan(Server):
 
     def command(self) -> list[str]:
         self.dir = tempfile.mkdtemp(prefix="tidings-bench-nchan-")
-        config = (HERE / "nchan.conf").read_text().format(dir=self.dir, port=self.port, buffer=self.buffer)
+        config = (
+            (HERE / "nchan.conf")
+            .read_text()
+            .format(dir=self.dir, port=self.port, buffer=self.buffer, workers=self.workers)
+        )
         path = Path(self.dir) / "nginx.conf"
         path.write_text(config)
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -213,9 +221,14 @@ class Nchan(Server):
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
-SERVERS = {
+SERVERS: dict[str, Callable[[], Server]] = {
     "tidings": lambda: Tidings("memory"),
     "tidings-redis": TidingsRedis,
     "tidings-w2": lambda: TidingsWorkers(2),
     "nchan": Nchan,
+}
+# For `python -m bench capacity` (more connections than one process may hold), not in the default runs.
+MANY_PROCESS_SERVERS: dict[str, Callable[[], Server]] = {
+    "tidings-w4": lambda: TidingsWorkers(4),
+    "nchan-w4": lambda: Nchan(4),
 }

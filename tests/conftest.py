@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -26,13 +27,18 @@ READY = re.compile(r"listening on http://([\d.]+):(\d+)/")
 class ServerProcess:
     """`python -m tidings serve` on a free port; its log is collected in `lines`."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None, max_fds: int | None = None) -> None:
+        def limit_fds() -> None:
+            if max_fds is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (max_fds, max_fds))
+
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tidings", "serve", "--port", "0", *args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
             env={**os.environ, **(env or {})},
+            preexec_fn=limit_fds,
         )
         self.lines: list[str] = []
         self.url = ""
@@ -178,8 +184,8 @@ def start_server() -> Iterator[Callable[..., ServerProcess]]:
     """A factory for servers with their own flags, killed after the test."""
     started: list[ServerProcess] = []
 
-    def start(*args: str, env: dict[str, str] | None = None) -> ServerProcess:
-        proc = ServerProcess(*args, env=env)
+    def start(*args: str, env: dict[str, str] | None = None, max_fds: int | None = None) -> ServerProcess:
+        proc = ServerProcess(*args, env=env, max_fds=max_fds)
         started.append(proc)
         return proc
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
 
 import httpx
+import pytest
 from conftest import ServerProcess, wait_until
 from rawhttp import Connection, request
 
@@ -76,3 +78,32 @@ def test_a_bad_setting_is_one_line_and_exit_1() -> None:
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert done.returncode == 1 and done.stderr.strip() == "tidings: --log-format is text or json, not 'xml'"
+
+
+def test_a_process_out_of_descriptors_stops_accepting_until_connections_close(
+    start_server: Callable[..., ServerProcess], channel: str
+) -> None:
+    """With 300 descriptors the server holds 150 connections (a small limit is shared half and
+    half with what is not a connection): the 151st waits in the kernel's queue instead of the
+    server failing to accept it over and over, and is answered once some held ones have closed."""
+    srv = start_server(max_fds=300)
+    held = []
+    try:
+        for _ in range(150):
+            conn = socket.create_connection((srv.host, srv.port), timeout=10)
+            conn.sendall(f"GET /sub/{channel}?timeout=50 HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+            held.append(conn)
+        wait_until(lambda: "not accepting more" in srv.log(), 10, "the server to stop accepting")
+        waiting = socket.create_connection((srv.host, srv.port), timeout=10)  # (the kernel completes it)
+        waiting.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        waiting.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            waiting.recv(100)  # not accepted, so not answered
+        for conn in held[:10]:
+            conn.close()
+        waiting.settimeout(10)
+        assert waiting.recv(100).startswith(b"HTTP/1.1 200")
+        waiting.close()
+    finally:
+        for conn in held:
+            conn.close()

@@ -16,6 +16,7 @@ from typing import Any
 from tidings import child
 from tidings.brokers import create_broker
 from tidings.config import Settings
+from tidings.web.acceptor import BACKLOG, Acceptor, connection_room
 from tidings.web.app import App
 from tidings.web.http import connection_factory
 from tidings.web.siblings import Siblings
@@ -43,12 +44,12 @@ async def serve(settings: Settings, on_ready: Callable[[str, int], None] | None 
     place = child.worker_place()
     if place is not None:
         app.siblings = Siblings(place[1], place[0], loop, app.snapshot)
-    server = await loop.create_server(
-        connection_factory(app, app.limits, loop), sock=sock, backlog=BACKLOG, start_serving=False
-    )
+    acceptor = Acceptor(loop, sock, connection_factory(app, app.limits, loop), connection_room())
+    app.on_count = acceptor.count_changed
+    await acceptor.listen(start_serving=False)
     await broker.start()
-    await server.start_serving()
-    host, port = server.sockets[0].getsockname()[:2]
+    await acceptor.start_serving()
+    host, port = sock.getsockname()[:2]
     app.start()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -62,14 +63,11 @@ async def serve(settings: Settings, on_ready: Callable[[str, int], None] | None 
         await stop.wait()
     finally:
         log.info("shutting down: answering held requests, ending streams")
-        server.close()
+        acceptor.close()
         app.stop()
         await _drain(app, loop, settings.shutdown_grace)
         await broker.close()
         log.info("stopped")
-
-
-BACKLOG = 4096
 
 
 def listening_socket(host: str, port: int) -> socket.socket:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import parse_qsl
 
@@ -61,6 +62,7 @@ class App:
         self.stats = metrics.Stats()
         self.metrics = metrics.Metrics(hub, self.relay, self.stats, self.connections)
         self.siblings: Siblings | None = None  # set by the server in a worker of --workers N
+        self.on_count: Callable[[int], None] | None = None  # told the open connections' count (the acceptor)
         self._sweeper: asyncio.TimerHandle | None = None
 
     # -- lifecycle
@@ -96,9 +98,13 @@ class App:
             conn.refuse(HttpError(503, "too_many_connections", f"this server holds at most {limit} connections"))
             return
         self.connections.add(conn)
+        if self.on_count is not None:
+            self.on_count(len(self.connections))
 
     def connection_closed(self, conn: HttpConnection) -> None:
         self.connections.discard(conn)
+        if self.on_count is not None:
+            self.on_count(len(self.connections))
 
     # -- routing
 
