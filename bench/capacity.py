@@ -19,53 +19,20 @@ import datetime
 import json
 import resource
 import statistics
-import subprocess
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from bench.harness import LoadGen
 from bench.loadgen import Job
 from bench.procstat import rss_kib
 from bench.servers import MANY_PROCESS_SERVERS, SERVERS, Server
 
 
-class Generator:
-    """One load-generator process (bench/loadgen.py), on any core."""
-
-    def __init__(self, job: Job) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.loadgen"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
-        self.send(json.dumps(asdict(job)))
-
-    def send(self, line: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
-
-    def read(self, timeout: float) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                raise RuntimeError(f"a load generator exited (code {self.proc.wait(5)})")
-            if line.startswith("{"):
-                event: dict[str, Any] = json.loads(line)
-                return event
-        raise RuntimeError("a load generator did not answer in time")
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-
-
 def run_one(server: Server, transport: str, subscribers: int, processes: int, log: Any) -> dict[str, Any]:
     server.start()
-    generators: list[Generator] = []
+    generators: list[LoadGen] = []
     try:
         time.sleep(1.0)  # (workers settle)
         base = rss_kib(server.pids())
@@ -76,7 +43,7 @@ def run_one(server: Server, transport: str, subscribers: int, processes: int, lo
                 "fanout", server.port, server.flavour, transport, subscribers=share, messages=1, rate=0.0,
                 prefix=prefix, publishers=1, max_seconds=60.0, first=i * share, publishes=i == processes - 1,
             )  # fmt: skip
-            generators.append(Generator(job))
+            generators.append(LoadGen(job, pinned=False))
         ready = [gen.read(300) for gen in generators]
         held = sum(event["connected"] for event in ready)
         log(f"{server.name} {transport}: {held} subscribers held")

@@ -65,15 +65,20 @@ class Row:
 
 
 class LoadGen:
-    """The load generator process, one per run."""
+    """The load generator process, one per run (pinned to LOADGEN_CPU), or one of several
+    (`pinned=False`: `python -m bench capacity`)."""
 
-    def __init__(self, job: Job) -> None:
+    def __init__(self, job: Job, pinned: bool = True) -> None:
+        def pin() -> None:
+            if pinned and len(os.sched_getaffinity(0)) > 1:
+                os.sched_setaffinity(0, {LOADGEN_CPU})
+
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bench.loadgen"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
-            preexec_fn=lambda: os.sched_setaffinity(0, {LOADGEN_CPU}) if len(os.sched_getaffinity(0)) > 1 else None,
+            preexec_fn=pin,
         )
         self.send(json.dumps(asdict(job)))
 
