@@ -36,12 +36,12 @@ def run_one(server: Server, transport: str, subscribers: int, processes: int, lo
     try:
         time.sleep(1.0)  # (workers settle)
         base = rss_kib(server.pids())
-        share = subscribers // processes
+        shares = [subscribers // processes + (i < subscribers % processes) for i in range(processes)]
         prefix = f"cap{int(time.time() * 1000) % 10**8}"
         for i in range(processes):
             job = Job(
-                "fanout", server.port, server.flavour, transport, subscribers=share, messages=1, rate=0.0,
-                prefix=prefix, publishers=1, max_seconds=60.0, first=i * share, publishes=i == processes - 1,
+                "fanout", server.port, server.flavour, transport, subscribers=shares[i], messages=1, rate=0.0,
+                prefix=prefix, publishers=1, max_seconds=60.0, first=sum(shares[:i]), publishes=i == processes - 1,
             )  # fmt: skip
             generators.append(LoadGen(job, pinned=False))
         ready = [gen.read(300) for gen in generators]

@@ -112,8 +112,8 @@ class Message:
     def from_json(
         cls, id: MessageId, channel: str, data_json: bytes, time: int, live: bool = False, after_loss: bool = False
     ) -> Message:
-        """A message whose data is JSON already (checked by whoever encoded it): what arrives
-        from a bus is not decoded and encoded again."""
+        """A message whose data is compact JSON already (`encode_json`'s, or checked to be like
+        it: `sequencer.checked_json`): what arrives from a bus is not decoded and encoded again."""
         message = cls.__new__(cls)
         message._build(id, channel, data_json, time, live, after_loss)
         return message

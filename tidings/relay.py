@@ -189,7 +189,7 @@ class Relay:
         pending.add_done_callback(done)
 
     def _answer_late(self, answer: Callable[[T], None], result: T, fail: Fail) -> None:
-        # From a task nobody awaits: an answer that raises is told to `fail`, so the client
+        # From a task or callback nobody awaits: an answer that raises is told to `fail`, so the client
         # hears of it instead of waiting (a refusal of the domain, e.g. a cap, is no bug to log).
         try:
             answer(result)

@@ -8,7 +8,7 @@ and fans it out to the Tidings processes, so that a cursor means the same in eve
   ``op ref deadline *args`` (`deadline`: wall-clock ms after which the asker has given up, so the
   request is dropped) and each answer ``ref ok *results`` or ``ref err code detail``.
 - `backend` (XPUB): the fan-out. A process subscribes to ``channel NUL`` for the channels it has
-  subscribers for (ZeroMQ filters here, on the frame's start) and to `CONTROL`:
+  subscribers for (ZeroMQ filters here, on the frame's start) and to ``CONTROL NUL``:
   ``channel m id previous-id lost data-JSON`` a message; `previous id` is the channel's id
   before it, so a process that holds a different one knows it missed messages and fetches them
   (`lost` counts messages no history can give back: dropped before they reached here);
@@ -25,7 +25,7 @@ Between the sequencer and Tidings processes a message is one ZeroMQ frame whose 
 separated by NUL (`pack`/`unpack`), not one frame per field: pyzmq's `send_multipart` costs
 ~7 us for six frames against ~0.5 us for one `send` (measured), and a frame per field was most
 of the sequencer's cost per publish. No field holds a NUL: channel names cannot, ids and counts
-are digits, and JSON escapes control characters.
+are digits, and the JSON is compact UTF-8 (`checked_json`; raw NUL is not JSON).
 
 The history is a `Hub` (the pure core, as in a server with the memory broker): the same ring
 buffers, sizes, TTL, caps and ids. Its floor is the sequencer's start, its `epoch`: a restarted
@@ -46,7 +46,7 @@ import zmq
 
 from tidings.brokers.base import foreign_data
 from tidings.errors import InvalidChannel, OverCapacity, TidingsError
-from tidings.hub import Hub, JSONValue, Message, MessageId, validate_channel, wall_clock_ms
+from tidings.hub import Hub, JSONValue, Message, MessageId, encode_json, validate_channel, wall_clock_ms
 
 log = logging.getLogger("tidings.sequencer")
 
@@ -130,6 +130,14 @@ def send_frames(sock: zmq.Socket[Any], frames: list[bytes]) -> None:
     last = len(frames) - 1
     for i, frame in enumerate(frames):
         sock.send(frame, NOBLOCK if i == last else SNDMORE_NOBLOCK)
+
+
+def checked_json(data: bytes) -> bytes:
+    """`data` if it is compact UTF-8 JSON, as Tidings processes send it, else the same value
+    encoded so (raises ValueError when it is not JSON at all): whatever reaches the requests
+    socket reaches subscribers as it is, and SSE and NDJSON frame messages by lines."""
+    value = json.loads(data.decode())  # (strict UTF-8: no BOM, no UTF-16; JSON has no raw NUL)
+    return encode_json(value) if b"\n" in data or b"\r" in data else data
 
 
 def pack(*fields: bytes) -> bytes:
@@ -262,13 +270,12 @@ class Sequencer:
                 log.warning("the bus dropped %d message(s) from %s on %s", lost, publisher.decode(), channel)
             self.seen[key] = seq
             try:
-                json.loads(frames[1])
+                data = encode_json(json.loads(frames[1].decode()))  # (compact: SSE and NDJSON frame by lines)
             except ValueError:
                 log.debug("ignoring a message on %s whose payload is not JSON", channel)
                 return
-            data = frames[1]
         else:
-            data = json.dumps(foreign_data(frames[1]), ensure_ascii=False, separators=(",", ":")).encode()
+            data = encode_json(foreign_data(frames[1]))
         self.publish(channel, data, lost)
 
     # -- requests
@@ -308,9 +315,8 @@ class Sequencer:
         refusal, ValueError for a malformed request."""
         if op == b"pub":
             name, node, own, data = unpack(args, 4)
-            channel = _channel(name)
-            json.loads(data)  # (checked: whatever reaches the requests socket is published as it is)
-            message = self.publish(channel, data)
+            message = self.publish(_channel(name), checked_json(data))
+            channel = message.channel
             return [str(message.id).encode(), b"%d" % self._subscribers(channel, node, int(own))]
         if op == b"hist":
             name, after = unpack(args, 2)

@@ -64,6 +64,7 @@ async def serve(settings: Settings, on_ready: Callable[[str, int], None] | None 
     finally:
         log.info("shutting down: answering held requests, ending streams")
         acceptor.close()
+        sock.close()  # (new connections are refused now, not left to hang while we drain)
         app.stop()
         await _drain(app, loop, settings.shutdown_grace)
         await broker.close()

@@ -300,14 +300,19 @@ def test_the_sequencer_answers_a_turn_of_requests_in_one_message_and_refuses_mal
             request(b"pub", b"2", deadline, channel.encode(), b"node", b"0", b"{not json"),
             request(b"pub", b"3", deadline, channel.encode(), b"node", b"0", b'{"n":1}'),
             request(b"nonsense", b"4", deadline, b""),
+            request(b"pub", b"5", deadline, channel.encode(), b"node", b"0", b'{\n  "n": 2\n}'),
+            request(b"pub", b"6", deadline, channel.encode(), b"node", b"0", '"é"'.encode("utf-16")),
         ])  # fmt: skip
         assert dealer.poll(5000)
         answers = [frame.split(b"\x00") for frame in dealer.recv_multipart()]
-        assert [a[:2] for a in answers] == [[b"1", b"ok"], [b"2", b"err"], [b"3", b"ok"], [b"4", b"err"]]
-        assert answers[1][2] == b"invalid_request"
+        statuses = [a[:2] for a in answers]
+        assert statuses == [[b"1", b"ok"], [b"2", b"err"], [b"3", b"ok"], [b"4", b"err"], [b"5", b"ok"], [b"6", b"err"]]
+        assert answers[1][2] == answers[5][2] == b"invalid_request"
         assert sub.poll(5000)
         fields = sub.recv().split(b"\x00")
         assert fields[0] == channel.encode() and fields[1:3] == [b"m", answers[2][2]] and fields[5] == b'{"n":1}'
+        assert sub.poll(5000)
+        assert sub.recv().split(b"\x00")[5] == b'{"n":2}'  # (compact: SSE and NDJSON frame by lines)
         assert not sub.poll(100)  # (nothing of the longer name, nothing refused)
     finally:
         dealer.close(0)

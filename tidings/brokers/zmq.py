@@ -110,6 +110,7 @@ class ZmqBroker(NumberingBus):
         self.refs = itertools.count()
         self.pending: dict[bytes, Request] = {}  # by reference (see `_request`, `_expire`)
         self.outgoing: list[tuple[bytes, bytes]] = []  # requests of this loop turn, not sent yet
+        self.closed = False
         self.active: dict[str, asyncio.Future[None]] = {}  # channels subscribed (done once probed)
         self.repairing: dict[str, list[list[bytes]]] = {}  # channels being caught up: what arrived meanwhile
         self.gapped: set[str] = set()  # channels whose next message comes after a loss (a new sequencer)
@@ -149,6 +150,7 @@ class ZmqBroker(NumberingBus):
         log.info("ZeroMQ: the sequencer at %s, messages from %s", self.requests, self.backend)
 
     async def close(self) -> None:
+        self.closed = True
         await cancel_all(self._tasks)
         if self._tasks:  # (started)
             self.answers_in.close()
@@ -157,6 +159,7 @@ class ZmqBroker(NumberingBus):
             if not request.answer.done():
                 request.answer.set_exception(BrokerUnavailable("the server is stopping"))
         self.pending.clear()
+        self.outgoing.clear()
         self.dealer.close(0)
         self.sub.close(0)
         self.context.term()
@@ -173,12 +176,16 @@ class ZmqBroker(NumberingBus):
     def _request(self, op: bytes, args: tuple[bytes, ...], read: Callable[[list[bytes]], T]) -> asyncio.Future[T]:
         """Send a request; its future gets `read(fields of the answer)`, or BrokerUnavailable
         (the sequencer is not reachable, or did not answer within REQUEST_TIMEOUT; see `_expire`),
-        or TooManyChannels. A future, not a coroutine: a publish needs no task of its own.
+        or TooManyChannels, or BrokerFailed (a malformed answer). A future, not a coroutine: a
+        publish needs no task of its own.
 
         The requests of one loop turn leave together, as one ZeroMQ message (`_send_requests`),
         and come back as one: each message costs a hop through ZeroMQ's I/O threads on both
         sides, which is most of what a publish through the sequencer costs."""
         answer: asyncio.Future[T] = self.loop.create_future()
+        if self.closed:
+            answer.set_exception(BrokerUnavailable("the server is stopping"))
+            return answer
         ref = b"%d" % next(self.refs)
         # The deadline: a request that reaches the sequencer after it (ZeroMQ resends what was
         # queued when a connection comes back) is dropped there, so that a 503 for a timeout
@@ -192,9 +199,11 @@ class ZmqBroker(NumberingBus):
 
     def _send_requests(self) -> None:
         outgoing, self.outgoing = self.outgoing, []
+        if self.closed:
+            return  # (`close` has failed them)
         try:
             send_frames(self.dealer, [frame for _, frame in outgoing])
-        except zmq.Again:
+        except zmq.ZMQError:  # (Again: no sequencer connected; anything else: not sent either)
             for ref, _ in outgoing:
                 request = self.pending.pop(ref, None)
                 if request is not None and not request.answer.done():
@@ -221,7 +230,7 @@ class ZmqBroker(NumberingBus):
             return
         try:
             request.answer.set_result(request.read(fields))
-        except (ValueError, IndexError, TidingsError) as exc:
+        except Exception as exc:
             log.error("a malformed answer from the sequencer: %r (%s)", frame[:200], exc)
             request.answer.set_exception(BrokerFailed("a malformed answer from the sequencer"))
 
@@ -262,7 +271,7 @@ class ZmqBroker(NumberingBus):
 
     def info(self, channel: str, now_ms: int) -> asyncio.Future[ChannelInfo]:
         def info(fields: list[bytes]) -> ChannelInfo:
-            last = max(parse_id(fields[2]), self.hub.info(channel, wall_clock_ms()).last_id)
+            last = max(parse_id(fields[2]), self.hub.info(channel, now_ms).last_id)
             return ChannelInfo(channel, int(fields[0]), int(fields[1]), last)
 
         return self._request(b"info", (channel.encode(), self.node, self._own_count(channel)), info)
@@ -399,6 +408,8 @@ class ZmqBroker(NumberingBus):
             fetched = True
         except BrokerUnavailable as exc:
             log.warning("messages on %s missed and not fetched: %s", channel, exc)
+        except Exception:  # (whatever it is, what waits must not wait forever)
+            log.exception("messages on %s missed and not fetched", channel)
         waiting = self.repairing.pop(channel, [])
         for frames in waiting:
             if parse_id(frames[2]) > self.hub.last_id(channel):

@@ -18,7 +18,10 @@ from collections.abc import Callable
 
 log = logging.getLogger("tidings")
 
-RESERVE = 200  # descriptors kept for what is not a connection (the bus, logs, static files)
+# Descriptors kept for what is not a connection (the bus, logs, static files) and for the
+# connections a burst brings in before the count is seen (a loop accepts many per wake-up).
+RESERVE = 200
+RESERVE_SHARE = 0.05
 RESUME_SHARE = 0.95
 BACKLOG = 4096
 
@@ -26,7 +29,7 @@ BACKLOG = 4096
 def connection_room() -> int:
     """How many connections this process may hold with the descriptors it may open."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return soft - RESERVE if soft > 2 * RESERVE else soft // 2
+    return soft - max(RESERVE, int(soft * RESERVE_SHARE)) if soft > 2 * RESERVE else soft // 2
 
 
 class Acceptor:
@@ -39,6 +42,7 @@ class Acceptor:
     ) -> None:
         self.loop, self.sock, self.factory, self.most = loop, sock, factory, most
         self.server: asyncio.Server | None = None
+        self.count = 0  # open connections, as last told
         self.resuming = False
         self.stopped = False
 
@@ -54,6 +58,7 @@ class Acceptor:
 
     def count_changed(self, count: int) -> None:
         """Called with the number of open connections whenever it changes."""
+        self.count = count
         if self.server is not None and count >= self.most:
             log.warning("%d connections: not accepting more until some close (descriptor limit)", count)
             self.server.close()
@@ -67,7 +72,7 @@ class Acceptor:
             if not self.stopped:
                 await self.listen()
                 log.info("accepting connections again")
-            if self.stopped and self.server is not None:  # (stopped meanwhile)
+            if self.server is not None and (self.stopped or self.count >= self.most):  # (meanwhile)
                 self.server.close()
                 self.server = None
         finally:

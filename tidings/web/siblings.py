@@ -57,16 +57,30 @@ class Siblings:
             log.warning("cannot write this worker's snapshot to %s: %s", self.folder, exc)
 
     def others(self) -> list[dict[str, Any]]:
-        """The other workers' latest snapshots, by worker number."""
-        found: list[dict[str, Any]] = []
+        """The other workers' latest snapshots, by worker number: one per number (a worker that
+        replaced a dead or retired one may find its predecessor's file for a few seconds)."""
+        newest: dict[int, tuple[float, dict[str, Any]]] = {}
         now = time.time()
         for path in self.folder.glob("worker-*.json"):
-            if path == self.path:
-                continue
             try:
-                if now - path.stat().st_mtime > STALE:
+                written = path.stat().st_mtime
+                if path == self.path or now - written > STALE:
                     continue
-                found.append(json.loads(path.read_text()))
+                snapshot = json.loads(path.read_text())
             except (OSError, ValueError):
-                continue  # (gone meanwhile, or a worker replaced at this moment)
-        return sorted(found, key=lambda snapshot: (snapshot.get("worker", 0), snapshot.get("pid", 0)))
+                continue  # (gone meanwhile)
+            if not _well_formed(snapshot) or snapshot["worker"] == self.worker:
+                continue
+            if snapshot["worker"] not in newest or written > newest[snapshot["worker"]][0]:
+                newest[snapshot["worker"]] = (written, snapshot)
+        return [snapshot for _, (_, snapshot) in sorted(newest.items())]
+
+
+def _well_formed(snapshot: Any) -> bool:
+    """A snapshot as this version writes them (another version's, during a SIGHUP, may differ)."""
+    return (
+        isinstance(snapshot, dict)
+        and isinstance(snapshot.get("worker"), int)
+        and isinstance(snapshot.get("health"), dict)
+        and isinstance(snapshot.get("metrics"), str)
+    )
