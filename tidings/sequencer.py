@@ -13,8 +13,8 @@ and fans it out to the Tidings processes, so that a cursor means the same in eve
   before it, so a process that holds a different one knows it missed messages and fetches them
   (`lost` counts messages no history can give back: dropped before they reached here);
   ``channel probe token last-id`` the answer to a probe (the subscription works; what came
-  before `last id` is history); ``channel deleted``; ``CONTROL epoch`` every `HEARTBEAT`
-  seconds: this sequencer is alive, and since when.
+  before `last id` is history); ``channel deleted``; ``CONTROL epoch version`` every
+  `HEARTBEAT` seconds: this sequencer is alive, since when, and the version of its frames.
 - `frontend` (XSUB): programs publishing with a plain ZeroMQ PUB, ``[channel, payload]`` (text,
   or JSON when an object or array) or ``[channel, JSON payload, b"<publisher> <seq>"]`` (a
   sequence number per publisher and channel: a skip is reported as lost). Numbered and kept
@@ -51,6 +51,9 @@ from tidings.hub import Hub, JSONValue, Message, MessageId, encode_json, validat
 log = logging.getLogger("tidings.sequencer")
 
 SEP = b"\x00"  # between the fields of a frame (see the module's docstring)
+# The version of these frames, in every heartbeat: a process that hears another one says so and
+# counts the sequencer as away (503s with a reason), instead of its requests silently timing out.
+WIRE_VERSION = b"2"
 CONTROL = b""  # the channel field of heartbeats: their frames start with SEP, no channel's does
 HEARTBEAT = 0.5  # seconds between heartbeats
 NODE_TTL = 5.0  # a process's reported subscriber counts stand this long
@@ -192,7 +195,7 @@ class Sequencer:
         self.frontend_in = Inbox(loop, self.xsub, self._from_frontend, multipart=True)
         self.inboxes = [self.requests_in, self.subscriptions_in, self.frontend_in]
         while True:
-            self._send(pack(CONTROL, self.epoch))
+            self._send(pack(CONTROL, self.epoch, WIRE_VERSION))
             self.hub.sweep(wall_clock_ms())
             await asyncio.sleep(HEARTBEAT)
 

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -317,4 +318,41 @@ def test_the_sequencer_answers_a_turn_of_requests_in_one_message_and_refuses_mal
     finally:
         dealer.close(0)
         sub.close(0)
+        context.term()
+
+
+def test_a_sequencer_of_another_version_is_named_in_the_log_and_counts_as_away(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    """A sequencer whose heartbeats carry another version of the frames (a mixed upgrade): the
+    server says so in its log and /healthz answers 503, instead of its requests timing out
+    without a word."""
+    folder = tempfile.mkdtemp(prefix="tidings-zmq-")
+    front, back, requests = (f"ipc://{folder}/{name}" for name in ("front", "back", "requests"))
+    context = zmq.Context()
+    router, xpub = context.socket(zmq.ROUTER), context.socket(zmq.XPUB)
+    router.bind(requests)
+    xpub.bind(back)
+    stop = threading.Event()
+
+    def other_sequencer() -> None:  # answers requests, and beats with version 9
+        deadline = time.monotonic() + 30
+        while not stop.is_set() and time.monotonic() < deadline:
+            xpub.send(b"\x00" + str(int(time.time() * 1000)).encode() + b"-0\x009")
+            if router.poll(50):
+                peer, *frames = router.recv_multipart()
+                router.send_multipart([peer, *(frame.split(b"\x00")[1] + b"\x00ok" for frame in frames)])
+
+    beating = threading.Thread(target=other_sequencer)
+    beating.start()
+    try:
+        srv = start_server("--broker", f"zmq:{front},{back},{requests}")
+        wait_until(lambda: "speaks version 9 of the bus" in srv.log(), 10, "the log to name the other version")
+        answer = httpx.get(f"{srv.url}/healthz", timeout=10)
+        assert answer.status_code == 503 and answer.json()["status"] == "unavailable"
+    finally:
+        stop.set()
+        beating.join(10)
+        router.close(0)
+        xpub.close(0)
         context.term()

@@ -41,7 +41,17 @@ from tidings.hub import (
     encode_json,
     wall_clock_ms,
 )
-from tidings.sequencer import CONTROL, HEARTBEAT, SEP, Inbox, pack, parse_id, send_frames, set_socket_options
+from tidings.sequencer import (
+    CONTROL,
+    HEARTBEAT,
+    SEP,
+    WIRE_VERSION,
+    Inbox,
+    pack,
+    parse_id,
+    send_frames,
+    set_socket_options,
+)
 
 log = logging.getLogger("tidings.zmq")
 T = TypeVar("T")
@@ -111,6 +121,7 @@ class ZmqBroker(NumberingBus):
         self.pending: dict[bytes, Request] = {}  # by reference (see `_request`, `_expire`)
         self.outgoing: list[tuple[bytes, bytes]] = []  # requests of this loop turn, not sent yet
         self.closed = False
+        self.other_version = False  # the sequencer's frames are of another version (see `_heartbeat`)
         self.active: dict[str, asyncio.Future[None]] = {}  # channels subscribed (done once probed)
         self.repairing: dict[str, list[list[bytes]]] = {}  # channels being caught up: what arrived meanwhile
         self.gapped: set[str] = set()  # channels whose next message comes after a loss (a new sequencer)
@@ -360,7 +371,7 @@ class ZmqBroker(NumberingBus):
         if len(frames) < 2:
             return
         if frames[0] == CONTROL:
-            self._heartbeat(frames[1])
+            self._heartbeat(frames[1], frames[2] if len(frames) > 2 else b"1")
             return
         try:
             channel = frames[0].decode()
@@ -420,7 +431,16 @@ class ZmqBroker(NumberingBus):
         current = asyncio.current_task()
         self._tasks = [task for task in self._tasks if task is not current and not task.done()]
 
-    def _heartbeat(self, epoch: bytes) -> None:
+    def _heartbeat(self, epoch: bytes, version: bytes) -> None:
+        if version != WIRE_VERSION:
+            if not self.other_version:
+                log.error(
+                    "the sequencer at %s speaks version %s of the bus, this process %s: run the same Tidings in both",
+                    self.backend, version.decode(errors="replace")[:20], WIRE_VERSION.decode(),
+                )  # fmt: skip
+            self.other_version = True
+            return  # (not heard: the bus counts as away)
+        self.other_version = False
         self.heard = asyncio.get_running_loop().time()
         if self.epoch is None:
             self.epoch = epoch
