@@ -6,7 +6,9 @@ and fans it out to the Tidings processes, so that a cursor means the same in eve
 - `requests` (ROUTER): what Tidings processes ask (`ZmqBroker`, tidings/brokers/zmq.py):
   publish, history, info, delete, probe, report. Each request is one frame of fields
   ``op ref deadline *args`` (`deadline`: wall-clock ms after which the asker has given up, so the
-  request is dropped) and each answer ``ref ok *results`` or ``ref err code detail``.
+  request is dropped) and each answer ``ref ok *results`` or ``ref err code detail``. The
+  requests a process makes in one loop turn travel as one message of such frames, and their
+  answers come back as one (each message costs a hop through ZeroMQ's I/O threads).
 - `backend` (XPUB): the fan-out. A process subscribes to ``channel NUL`` for the channels it has
   subscribers for (ZeroMQ filters here, on the frame's start) and to ``CONTROL NUL``:
   ``channel m id previous-id lost data-JSON`` a message; `previous id` is the channel's id
