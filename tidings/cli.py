@@ -271,6 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.add_argument("--frontend", default="tcp://127.0.0.1:5560", help="where ZeroMQ PUB programs publish (XSUB)")
     proxy.add_argument("--backend", default="tcp://127.0.0.1:5561", help="where Tidings processes receive (XPUB)")
     proxy.add_argument("--requests", default="tcp://127.0.0.1:5562", help="where Tidings processes ask (ROUTER)")
+    proxy.add_argument(
+        "--local",
+        metavar="PATH",
+        help="also a Unix socket, for Tidings processes on this machine (--broker zmq+unix:PATH)",
+    )
     proxy.add_argument("--buffer-size", type=int, default=defaults.buffer_size, help="messages kept per channel")
     proxy.add_argument("--buffer-ttl", type=float, default=defaults.buffer_ttl, help="seconds a message is kept")
     proxy.add_argument("--max-channels", type=int, default=defaults.max_channels, help="channels kept at most")
@@ -318,19 +323,20 @@ def cmd_zmq_proxy(args: argparse.Namespace) -> int:
     async def serve() -> None:
         from tidings import child
 
-        sequencer = Sequencer(hub, args.requests, args.backend, args.frontend)
+        sequencer = Sequencer(hub, args.requests, args.backend, args.frontend, args.local)
         running = asyncio.current_task()
         assert running is not None
         try:
             try:
                 sequencer.bind()
-            except zmq.ZMQError as exc:
+            except (zmq.ZMQError, OSError) as exc:
                 raise Failure(f"cannot bind: {exc}") from None
             child.watch_lifeline(asyncio.get_running_loop(), running.cancel)
             child.tell_ready()
             print(
                 f"tidings zmq-proxy: requests <- {args.requests}, messages -> {args.backend}, "
-                f"ZeroMQ publishers -> {args.frontend} (epoch {hub.floor})",
+                f"ZeroMQ publishers -> {args.frontend}{f', local processes <-> {args.local}' if args.local else ''} "
+                f"(epoch {hub.floor})",
                 file=sys.stderr,
                 flush=True,
             )

@@ -1,9 +1,11 @@
-"""The ZeroMQ bus: a real `tidings zmq-proxy` sequencer and Tidings processes, over tcp and ipc."""
+"""The ZeroMQ bus: a real `tidings zmq-proxy` sequencer and Tidings processes, over ZeroMQ's tcp://
+and ipc://, and over the sequencer's Unix socket (`--local`, `--broker zmq+unix:`)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 import sys
 import tempfile
@@ -17,12 +19,14 @@ import zmq
 from conftest import ServerProcess, free_ports, wait_until
 from rawhttp import Connection, read_events
 
+from tidings.sequencer import RecordReader
+
 
 class Forwarder:
     """`tidings zmq-proxy` (the sequencer) in a subprocess."""
 
-    def __init__(self, frontend: str, backend: str, requests: str) -> None:
-        self.frontend, self.backend, self.requests = frontend, backend, requests
+    def __init__(self, frontend: str, backend: str, requests: str, local: str | None = None) -> None:
+        self.frontend, self.backend, self.requests, self.local = frontend, backend, requests, local
         self.proc: subprocess.Popen[str] | None = None
         self.start()
 
@@ -33,7 +37,7 @@ class Forwarder:
         while True:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "tidings", "zmq-proxy", "--frontend", self.frontend, "--backend", self.backend,
-                 "--requests", self.requests],
+                 "--requests", self.requests, *(["--local", self.local] if self.local else [])],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             )  # fmt: skip
             assert self.proc.stderr is not None
@@ -51,28 +55,42 @@ class Forwarder:
             self.proc.wait(10)
 
 
-@pytest.fixture(params=["tcp", "ipc"])
-def forwarder(request: pytest.FixtureRequest) -> Iterator[Forwarder]:
-    if request.param == "tcp":
+def start_forwarder(carrier: str) -> Forwarder:
+    """A sequencer its Tidings processes reach over `carrier`: tcp, ipc or unix."""
+    if carrier == "tcp":
         front, back, requests = free_ports(3)
-        proc = Forwarder(f"tcp://127.0.0.1:{front}", f"tcp://127.0.0.1:{back}", f"tcp://127.0.0.1:{requests}")
-    else:
-        folder = tempfile.mkdtemp(prefix="tidings-zmq-")
-        proc = Forwarder(f"ipc://{folder}/front", f"ipc://{folder}/back", f"ipc://{folder}/requests")
+        return Forwarder(f"tcp://127.0.0.1:{front}", f"tcp://127.0.0.1:{back}", f"tcp://127.0.0.1:{requests}")
+    folder = tempfile.mkdtemp(prefix="tidings-zmq-")
+    local = f"{folder}/local" if carrier == "unix" else None
+    return Forwarder(f"ipc://{folder}/front", f"ipc://{folder}/back", f"ipc://{folder}/requests", local)
+
+
+@pytest.fixture(params=["tcp", "ipc", "unix"])
+def forwarder(request: pytest.FixtureRequest) -> Iterator[Forwarder]:
+    proc = start_forwarder(request.param)
     yield proc
     proc.kill()
 
 
 @pytest.fixture
 def tcp_forwarder() -> Iterator[Forwarder]:
-    front, back, requests = free_ports(3)
-    proc = Forwarder(f"tcp://127.0.0.1:{front}", f"tcp://127.0.0.1:{back}", f"tcp://127.0.0.1:{requests}")
+    proc = start_forwarder("tcp")
+    yield proc
+    proc.kill()
+
+
+@pytest.fixture(params=["tcp", "unix"])
+def tcp_or_unix_forwarder(request: pytest.FixtureRequest) -> Iterator[Forwarder]:
+    proc = start_forwarder(request.param)
     yield proc
     proc.kill()
 
 
 def nodes(start_server: Callable[..., ServerProcess], forwarder: Forwarder, count: int) -> list[ServerProcess]:
-    url = f"zmq:{forwarder.frontend},{forwarder.backend},{forwarder.requests}"
+    if forwarder.local:
+        url = f"zmq+unix:{forwarder.local}"
+    else:
+        url = f"zmq:{forwarder.frontend},{forwarder.backend},{forwarder.requests}"
     return [start_server("--broker", url) for _ in range(count)]
 
 
@@ -212,8 +230,9 @@ def test_a_node_receives_only_the_channels_it_has_subscribers_for(
 
 
 def test_a_restarted_sequencer_is_a_gap_never_silent_loss(
-    start_server: Callable[..., ServerProcess], tcp_forwarder: Forwarder, channel: str
+    start_server: Callable[..., ServerProcess], tcp_or_unix_forwarder: Forwarder, channel: str
 ) -> None:
+    tcp_forwarder = tcp_or_unix_forwarder
     a, b = nodes(start_server, tcp_forwarder, 2)
 
     async def scenario() -> None:
@@ -225,7 +244,7 @@ def test_a_restarted_sequencer_is_a_gap_never_silent_loss(
         during = httpx.post(f"{a.url}/pub/{channel}", json="during", timeout=10)
         assert during.status_code == 503 and during.json()["error"] == "broker_unavailable", during.text
         tcp_forwarder.start()
-        # ZeroMQ reconnects and resubscribes by itself: publish until B hears again.
+        # ZeroMQ (and the Unix link) reconnect and resubscribe by themselves: publish until B hears again.
         raw = b""
         async with asyncio.timeout(20):
             for attempt in range(200):
@@ -356,3 +375,90 @@ def test_a_sequencer_of_another_version_is_named_in_the_log_and_counts_as_away(
         router.close(0)
         xpub.close(0)
         context.term()
+
+
+class LocalRecords:
+    """The sequencer's Unix socket spoken by hand: records of a 4-byte length, a kind, a frame."""
+
+    def __init__(self, path: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(5)
+        self.sock.connect(path)
+        self.buffer = b""
+
+    @staticmethod
+    def record(kind: bytes, frame: bytes) -> bytes:
+        return (len(frame) + 1).to_bytes(4, "big") + kind + frame
+
+    def send(self, *records: bytes) -> None:
+        self.sock.sendall(b"".join(records))
+
+    def next(self, skip_heartbeats: bool = True) -> tuple[bytes, bytes]:
+        """The next record (kind, frame), within 5 s."""
+        while True:
+            while len(self.buffer) < 4 or len(self.buffer) < 4 + int.from_bytes(self.buffer[:4], "big"):
+                chunk = self.sock.recv(65536)
+                assert chunk, "the sequencer closed the connection"
+                self.buffer += chunk
+            end = 4 + int.from_bytes(self.buffer[:4], "big")
+            kind, frame, self.buffer = self.buffer[4:5], self.buffer[5:end], self.buffer[end:]
+            if not (skip_heartbeats and kind == b"m" and frame.startswith(b"\x00")):
+                return kind, frame
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_the_sequencers_unix_socket_answers_requests_and_sends_exactly_the_subscribed_channels(
+    channel: str,
+) -> None:
+    """The local carrier spoken by hand: a turn of requests sent in one write is answered in
+    order (a malformed one refused by its reference), a subscription is answered by messages
+    of that channel alone (not of a longer name it is a prefix of), heartbeats come to every
+    connection, and a malformed record ends the connection."""
+    forwarder = start_forwarder("unix")
+    assert forwarder.local is not None
+    peer = LocalRecords(forwarder.local)
+    try:
+        kind, frame = peer.next(skip_heartbeats=False)  # every connection hears the heartbeat
+        assert kind == b"m" and frame.startswith(b"\x00") and frame.split(b"\x00")[2] == b"2"
+        deadline = b"%d" % (time.time() * 1000 + 60_000)
+        name = channel.encode()
+
+        def request(*fields: bytes) -> bytes:
+            return LocalRecords.record(b"q", b"\x00".join(fields))
+
+        peer.send(
+            LocalRecords.record(b"s", name),
+            request(b"pub", b"1", deadline, name + b"x", b"node", b"0", b"2"),
+            request(b"pub", b"2", deadline, name, b"node", b"0", b"{not json"),
+            request(b"pub", b"3", deadline, name, b"node", b"0", b'{\n  "n": 1\n}'),
+            request(b"nonsense", b"4", deadline, b""),
+        )
+        records = [peer.next() for _ in range(5)]  # (four answers, one message)
+        answers = [frame.split(b"\x00") for kind, frame in records if kind == b"a"]
+        assert [a[:2] for a in answers] == [[b"1", b"ok"], [b"2", b"err"], [b"3", b"ok"], [b"4", b"err"]]
+        assert answers[1][2] == answers[3][2] == b"invalid_request"
+        [message] = [frame.split(b"\x00") for kind, frame in records if kind == b"m"]
+        assert message[:3] == [name, b"m", answers[2][2]] and message[5] == b'{"n":1}'
+        peer.send(LocalRecords.record(b"u", name), request(b"pub", b"5", deadline, name, b"node", b"0", b"5"))
+        assert peer.next()[0] == b"a"  # (its answer; no message: unsubscribed)
+        peer.send(b"\x00\x00\x00\x00")  # a record of no length
+        with pytest.raises((AssertionError, ConnectionResetError)):
+            while True:
+                peer.next(skip_heartbeats=True)
+    finally:
+        peer.close()
+        forwarder.kill()
+
+
+def test_records_are_read_whole_however_the_stream_cuts_them() -> None:
+    records = [(b"q", b"x" * 100_000), (b"m", b"\x00epoch\x002"), (b"a", b"1\x00ok")]
+    stream = b"".join(LocalRecords.record(kind, frame) for kind, frame in records)
+    for size in (1, 3, 7, 4096, len(stream)):
+        reader, got = RecordReader(), []
+        for start in range(0, len(stream), size):
+            got += reader.feed(stream[start : start + size])
+        assert [(bytes([kind]), frame) for kind, frame in got] == records
+    with pytest.raises(ValueError):
+        RecordReader().feed(b"\x7f\xff\xff\xff")

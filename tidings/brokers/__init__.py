@@ -10,7 +10,8 @@ REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 def create_broker(settings: Settings) -> Broker:
     """The broker `settings.broker` names, feeding a new hub made for it (`broker.hub`):
     ``memory`` (the default, embedded), a Redis URL (``redis://host:port/db``, ``rediss://``,
-    ``unix://``) or a ZeroMQ sequencer (``zmq://host:port1,port2,port3``, ``zmq:ENDPOINT1,ENDPOINT2,ENDPOINT3``)."""
+    ``unix://``) or a sequencer (`tidings zmq-proxy`: ``zmq://host:port1,port2,port3``,
+    ``zmq:ENDPOINT1,ENDPOINT2,ENDPOINT3``, or its Unix socket ``zmq+unix:PATH``)."""
     url = settings.broker
     redis = url.startswith(REDIS_SCHEMES)
     if settings.redis_subscribe and not redis:
@@ -23,7 +24,7 @@ def create_broker(settings: Settings) -> Broker:
         from tidings.brokers.redis import RedisBroker
 
         return RedisBroker(_hub(settings, RedisBroker), url, settings.redis_prefix, settings.redis_subscribe)
-    if url.startswith("zmq:"):
+    if url.startswith(("zmq:", "zmq+unix:")):
         from tidings.brokers.zmq import ZmqBroker
 
         return ZmqBroker(_hub(settings, ZmqBroker), url)

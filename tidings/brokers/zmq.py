@@ -3,9 +3,10 @@ with no Redis.
 
 The sequencer numbers every message and keeps the history, as Redis does for the Redis broker:
 ids and cursors are the same in every process, and a client resumes exactly on any of them.
-This process asks it (a DEALER socket: publish, history, info, delete, probe, report) and
-receives from it (a SUB socket) only the channels it has subscribers for, since ZeroMQ filters
-at the sender. The hub's buffers are a cache of the sequencer's history.
+This process asks it (publish, history, info, delete, probe, report) and receives from it
+only the channels it has subscribers for, since it filters at the sender; over ZeroMQ (any host)
+or its Unix socket (this machine: ``zmq+unix:PATH``, ~4x cheaper), tidings/brokers/links.py. The
+hub's buffers are a cache of the sequencer's history.
 
 Every message arrives with the id its channel had before it. When that is not the id this
 process holds, messages went missing on the way (ZeroMQ drops at high-water marks and while a
@@ -25,9 +26,8 @@ import secrets
 from collections.abc import Callable
 from typing import Any, NamedTuple, TypeVar
 
-import zmq
-
 from tidings.brokers.base import NumberingBus, cancel_all
+from tidings.brokers.links import link_for
 from tidings.errors import BrokerFailed, BrokerUnavailable, TidingsError, TooManyChannels
 from tidings.hub import (
     ZERO_ID,
@@ -41,17 +41,7 @@ from tidings.hub import (
     encode_json,
     wall_clock_ms,
 )
-from tidings.sequencer import (
-    CONTROL,
-    HEARTBEAT,
-    SEP,
-    WIRE_VERSION,
-    Inbox,
-    pack,
-    parse_id,
-    send_frames,
-    set_socket_options,
-)
+from tidings.sequencer import CONTROL, HEARTBEAT, SEP, WIRE_VERSION, pack, parse_id
 
 log = logging.getLogger("tidings.zmq")
 T = TypeVar("T")
@@ -62,24 +52,6 @@ PROBE_INTERVAL = 0.05  # seconds between probes while a subscription starts
 IDLE_CHECK = 30.0  # seconds between looks for channels nobody here subscribes to any more
 REPORT_INTERVAL = 1.0  # seconds between reports of this process's subscriber counts
 SILENCE = 4 * HEARTBEAT  # no heartbeat for this long: the sequencer is away
-
-
-def parse_url(url: str) -> tuple[str, str, str]:
-    """The sequencer's frontend, backend and requests endpoints: ``zmq://HOST:P1,P2,P3`` (TCP)
-    or ``zmq:ENDPOINT1,ENDPOINT2,ENDPOINT3`` (e.g. ``ipc://`` ones), in the order
-    `tidings zmq-proxy --frontend --backend --requests` binds them."""
-    if url.startswith("zmq://"):
-        host, _, ports = url[len("zmq://") :].rpartition(":")
-        numbers = ports.split(",")
-        if not host or len(numbers) != 3 or not all(n.isdigit() for n in numbers):
-            raise ValueError(f"not a ZeroMQ URL (zmq://HOST:FRONTEND,BACKEND,REQUESTS ports): {url!r}")
-        front, back, requests = (f"tcp://{host}:{n}" for n in numbers)
-        return front, back, requests
-    endpoints = url[len("zmq:") :].split(",")
-    if len(endpoints) != 3 or not all("://" in e for e in endpoints):
-        raise ValueError(f"not a ZeroMQ URL (zmq:FRONTEND,BACKEND,REQUESTS endpoints): {url!r}")
-    front, back, requests = endpoints
-    return front, back, requests
 
 
 class Request(NamedTuple):
@@ -109,14 +81,8 @@ class ZmqBroker(NumberingBus):
 
     def __init__(self, hub: Hub, url: str) -> None:
         super().__init__(hub)
-        _, self.backend, self.requests = parse_url(url)
+        self.link = link_for(url)
         self.node = secrets.token_hex(8).encode()
-        self.context = zmq.Context()
-        self.dealer = self.context.socket(zmq.DEALER)
-        self.sub = self.context.socket(zmq.SUB)
-        for sock in (self.dealer, self.sub):
-            set_socket_options(sock)
-        self.dealer.setsockopt(zmq.IMMEDIATE, 1)  # no queueing for a sequencer that is not there: a 503 now
         self.refs = itertools.count()
         self.pending: dict[bytes, Request] = {}  # by reference (see `_request`, `_expire`)
         self.outgoing: list[tuple[bytes, bytes]] = []  # requests of this loop turn, not sent yet
@@ -134,19 +100,14 @@ class ZmqBroker(NumberingBus):
     # -- lifecycle
 
     async def start(self) -> None:
-        # ZeroMQ connects in the background and reconnects by itself.
-        self.dealer.connect(self.requests)
-        self.sub.connect(self.backend)
-        self.sub.setsockopt(zmq.SUBSCRIBE, CONTROL + SEP)
         loop = self.loop = asyncio.get_running_loop()
-        self.answers_in = Inbox(loop, self.dealer, self._answers, multipart=True)
-        self.messages_in = Inbox(loop, self.sub, self._receive)
+        self.link.open(self._answer, self._receive)
         self._tasks = [
             loop.create_task(self._expire()),
             loop.create_task(self._report()),
             loop.create_task(self._forget_idle()),
         ]
-        # ZeroMQ connects in the background: wait (bounded) until the sequencer answers, so that
+        # The link connects in the background: wait (bounded) until the sequencer answers, so that
         # the first publish is not refused for a connection still being made.
         deadline = loop.time() + CONNECT_WAIT
         while True:
@@ -155,25 +116,20 @@ class ZmqBroker(NumberingBus):
                 break
             except BrokerUnavailable:
                 if loop.time() > deadline:
-                    log.warning("the ZeroMQ sequencer at %s is not reachable yet; serving, and retrying", self.requests)
+                    log.warning("the sequencer at %s is not reachable yet; serving, and retrying", self.link.where)
                     break
                 await asyncio.sleep(0.02)
-        log.info("ZeroMQ: the sequencer at %s, messages from %s", self.requests, self.backend)
+        log.info("ZeroMQ: the sequencer at %s", self.link.where)
 
     async def close(self) -> None:
         self.closed = True
         await cancel_all(self._tasks)
-        if self._tasks:  # (started)
-            self.answers_in.close()
-            self.messages_in.close()
         for request in self.pending.values():
             if not request.answer.done():
                 request.answer.set_exception(BrokerUnavailable("the server is stopping"))
         self.pending.clear()
         self.outgoing.clear()
-        self.dealer.close(0)
-        self.sub.close(0)
-        self.context.term()
+        await self.link.close()
 
     @property
     def healthy(self) -> bool:
@@ -191,8 +147,8 @@ class ZmqBroker(NumberingBus):
         publish needs no task of its own.
 
         The requests of one loop turn leave together, as one ZeroMQ message (`_send_requests`),
-        and come back as one: each message costs a hop through ZeroMQ's I/O threads on both
-        sides, which is most of what a publish through the sequencer costs."""
+        and come back as one: over ZeroMQ each message costs a hop through its I/O threads on
+        both sides, which was most of what a publish through the sequencer cost."""
         answer: asyncio.Future[T] = self.loop.create_future()
         if self.closed:
             answer.set_exception(BrokerUnavailable("the server is stopping"))
@@ -212,22 +168,14 @@ class ZmqBroker(NumberingBus):
         outgoing, self.outgoing = self.outgoing, []
         if self.closed:
             return  # (`close` has failed them)
-        try:
-            send_frames(self.dealer, [frame for _, frame in outgoing])
-        except zmq.ZMQError:  # (Again: no sequencer connected; anything else: not sent either)
+        if not self.link.send([frame for _, frame in outgoing]):
             for ref, _ in outgoing:
                 request = self.pending.pop(ref, None)
                 if request is not None and not request.answer.done():
                     request.answer.set_exception(BrokerUnavailable("the ZeroMQ sequencer is not reachable"))
-        finally:
-            self.answers_in.sent()
 
     async def _ask(self, op: bytes, *args: bytes) -> list[bytes]:
         return await self._request(op, args, _fields)
-
-    def _answers(self, frames: list[bytes]) -> None:
-        for frame in frames:
-            self._answer(frame)
 
     def _answer(self, frame: bytes) -> None:
         ref, _, rest = frame.partition(SEP)
@@ -331,8 +279,7 @@ class ZmqBroker(NumberingBus):
             return
         loop = asyncio.get_running_loop()
         started = self.active[channel] = loop.create_future()
-        self.sub.setsockopt(zmq.SUBSCRIBE, channel.encode() + SEP)
-        self.messages_in.sent()
+        self.link.subscribe(channel.encode())
         # Probe until the sequencer's answer comes back on the subscription: from then on
         # every message of the channel reaches this process, and what came before is history.
         try:
@@ -343,8 +290,7 @@ class ZmqBroker(NumberingBus):
         except BaseException:
             if not started.done():
                 del self.active[channel]  # the next read tries again
-                self.sub.setsockopt(zmq.UNSUBSCRIBE, channel.encode() + SEP)
-                self.messages_in.sent()
+                self.link.unsubscribe(channel.encode())
                 started.cancel()
             raise
 
@@ -360,8 +306,7 @@ class ZmqBroker(NumberingBus):
                     unused.add(name)
             for name in unused & idle:
                 del self.active[name]
-                self.sub.setsockopt(zmq.UNSUBSCRIBE, name.encode() + SEP)
-                self.messages_in.sent()
+                self.link.unsubscribe(name.encode())
             idle = unused - idle
 
     # -- receiving
@@ -436,7 +381,7 @@ class ZmqBroker(NumberingBus):
             if not self.other_version:
                 log.error(
                     "the sequencer at %s speaks version %s of the bus, this process %s: run the same Tidings in both",
-                    self.backend, version.decode(errors="replace")[:20], WIRE_VERSION.decode(),
+                    self.link.where, version.decode(errors="replace")[:20], WIRE_VERSION.decode(),
                 )  # fmt: skip
             self.other_version = True
             return  # (not heard: the bus counts as away)
@@ -455,4 +400,4 @@ class ZmqBroker(NumberingBus):
                 self.gapped.add(name)
 
 
-__all__ = ["ZmqBroker", "parse_url"]
+__all__ = ["ZmqBroker"]
