@@ -22,7 +22,7 @@ _HELP = {
     "host": "address to listen on",
     "port": "port to listen on (also PORT)",
     "workers": "server processes sharing the port and, with the memory broker, an embedded sequencer: N or auto",
-    "broker": "message bus: memory, redis://host:port/db, or zmq://host:port1,port2,port3 (a tidings zmq-proxy)",
+    "broker": "message bus: memory, redis://host:port/db, zmq://host:port1,port2,port3 or zmq+unix:PATH (zmq-proxy)",
     "redis_prefix": "prefix of the Redis pub/sub channels and keys Tidings uses",
     "redis_subscribe": "plain Redis channels or glob patterns (comma-separated, e.g. messages,news.*) whose "
     "PUBLISHes reach the Tidings channels of the same name",

@@ -1,7 +1,7 @@
 """The sequencer: one process that numbers every message of a ZeroMQ bus, keeps its history,
 and fans it out to the Tidings processes, so that a cursor means the same in every one of them.
 
-`tidings zmq-proxy` runs it. Three ZeroMQ sockets, all bound here:
+`tidings zmq-proxy` runs it. Three ZeroMQ sockets, all bound here (and a Unix socket, below):
 
 - `requests` (ROUTER): what Tidings processes ask (`ZmqBroker`, tidings/brokers/zmq.py):
   publish, history, info, delete, probe, report. Each request is one frame of fields
@@ -10,7 +10,8 @@ and fans it out to the Tidings processes, so that a cursor means the same in eve
   requests a process makes in one loop turn travel as one message of such frames, and their
   answers come back as one (each message costs a hop through ZeroMQ's I/O threads).
 - `backend` (XPUB): the fan-out. A process subscribes to ``channel NUL`` for the channels it has
-  subscribers for (ZeroMQ filters here, on the frame's start) and to ``CONTROL NUL``:
+  subscribers for (filtered here: the XPUB by the frame's start, and a frame no ZeroMQ process
+  subscribed to is not even sent, see `_subscription`) and to ``CONTROL NUL``:
   ``channel m id previous-id lost data-JSON`` a message; `previous id` is the channel's id
   before it, so a process that holds a different one knows it missed messages and fetches them
   (`lost` counts messages no history can give back: dropped before they reached here);
@@ -31,8 +32,9 @@ message through its I/O threads; this socket is read and written by the event lo
 ZeroMQ stays for processes on other hosts and for plain ZeroMQ publishers. A record is a 4-byte
 big-endian length, then a kind byte (REQUEST, SUBSCRIBE, UNSUBSCRIBE from a process; ANSWER,
 MESSAGE from here), then the frame. A process subscribes by channel name; every connection gets
-the heartbeats. A process that stops reading loses messages past PEER_BUFFER bytes, as a ZeroMQ
-peer does past its high-water mark; the previous-id check fetches them back.
+the heartbeats. A process that stops reading is disconnected past PEER_BUFFER bytes unsent (where
+ZeroMQ would drop messages silently past its high-water mark): it connects again, subscribes
+again and reads what it missed from the history, channel by channel (`ZmqBroker._link_changed`).
 
 Between the sequencer and Tidings processes a message is one ZeroMQ frame whose fields are
 separated by NUL (`pack`/`unpack`), not one frame per field: pyzmq's `send_multipart` costs
@@ -56,7 +58,7 @@ import os
 import socket
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 import zmq
@@ -81,7 +83,7 @@ PEER_SILENCE_MS = 5000  # no traffic nor ping for this long: the connection is d
 # The local carrier's records (see the module's docstring).
 REQUEST, SUBSCRIBE, UNSUBSCRIBE, ANSWER, MESSAGE = b"q", b"s", b"u", b"a", b"m"
 MAX_RECORD = 256 * 1024 * 1024  # bytes: a longer record is a broken peer, not a message
-PEER_BUFFER = 64 * 1024 * 1024  # bytes unsent to a local process before its messages are dropped
+PEER_BUFFER = 64 * 1024 * 1024  # bytes unsent to a local process before it is disconnected
 
 
 def set_socket_options(sock: zmq.Socket[Any]) -> None:
@@ -192,6 +194,11 @@ def record_header(kind: bytes, frame: bytes) -> bytes:
     return (len(frame) + 1).to_bytes(4, "big") + kind
 
 
+def encode_records(kind: bytes, frames: Iterable[bytes]) -> bytes:
+    """Records of one kind, ready to write in one go."""
+    return b"".join([part for frame in frames for part in (record_header(kind, frame), frame)])
+
+
 class RecordReader:
     """Splits what a stream delivers into records: (kind, frame) pairs, kind as an int."""
 
@@ -235,6 +242,7 @@ def bind_unix(path: str) -> socket.socket:
         if not stat.S_ISSOCK(os.stat(path).st_mode):
             raise OSError(errno.EEXIST, f"{path} exists and is not a socket")
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(1.0)  # (a live one too busy to accept still counts as live)
             try:
                 probe.connect(path)
             except ConnectionRefusedError:
@@ -263,8 +271,6 @@ class LocalPeer(asyncio.Protocol):
         self.channels: set[bytes] = set()
         self.out: list[bytes] = []  # headers and frames to write at the end of this turn
         self.transport: asyncio.Transport | None = None
-        self.paused = False  # (the process is not reading: its buffer is over PEER_BUFFER)
-        self.dropped = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)  # (uvloop's: not a subclass)
@@ -278,12 +284,11 @@ class LocalPeer(asyncio.Protocol):
             self.sequencer._tell_publishers(b"\x00" + channel)
 
     def pause_writing(self) -> None:
-        self.paused = True
-
-    def resume_writing(self) -> None:
-        if self.dropped:
-            log.warning("a local process did not read: %d message(s) to it dropped", self.dropped)
-        self.paused, self.dropped = False, 0
+        # Dropping what it cannot take would leave its channels short until their next message;
+        # a process connecting again reads what it missed from the history, channel by channel.
+        log.warning("a local process left over %d MiB unread: disconnected", PEER_BUFFER >> 20)
+        if self.transport is not None:
+            self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -298,7 +303,10 @@ class LocalPeer(asyncio.Protocol):
             if kind == REQUEST_KIND:
                 reply = sequencer._reply(frame, now)
                 if reply is not None:
-                    self.send(ANSWER, reply)
+                    if len(reply) >= MAX_RECORD:  # (a history beyond what a record may hold)
+                        ref = reply[: reply.find(SEP)]
+                        reply = pack(ref, b"err", b"too_large", b"an answer too large for the Unix socket")
+                    self.send(ANSWER, record_header(ANSWER, reply), reply)
             elif kind == SUBSCRIBE_KIND and frame not in self.channels:
                 self.channels.add(frame)
                 sequencer._tell_publishers(b"\x01" + frame)
@@ -306,18 +314,16 @@ class LocalPeer(asyncio.Protocol):
                 self.channels.discard(frame)
                 sequencer._tell_publishers(b"\x00" + frame)
 
-    def deliver(self, channel: bytes, frame: bytes) -> None:
+    def deliver(self, channel: bytes, header: bytes, frame: bytes) -> None:
         """A frame of the fan-out (`channel`: its first field; CONTROL goes to every process)."""
         if channel in self.channels or channel == CONTROL:
-            if self.paused and channel != CONTROL:
-                self.dropped += 1
-            else:
-                self.send(MESSAGE, frame)
+            self.send(MESSAGE, header, frame)
 
-    def send(self, kind: bytes, frame: bytes) -> None:
+    def send(self, kind: bytes, header: bytes, frame: bytes) -> None:
+        """Write `frame` (after `header`, its `record_header`) at the end of this loop turn."""
         if not self.out:
             self.loop.call_soon(self.flush)
-        self.out += (record_header(kind, frame), frame)
+        self.out += (header, frame)
 
     def flush(self) -> None:
         out, self.out = self.out, []
@@ -342,6 +348,7 @@ class Sequencer:
         self.endpoints = (requests, backend, frontend)
         self.local = local  # the Unix socket's path, for processes on this machine
         self.local_socket: socket.socket | None = None
+        self.local_inode = 0  # (whose file `close` removes: not one a successor bound since)
         self.local_server: asyncio.Server | None = None
         self.peers: set[LocalPeer] = set()
         # Per process: its subscriber counts by channel, and when it last reported them.
@@ -364,6 +371,7 @@ class Sequencer:
         self.xsub.send(b"\x01")  # every channel, from every publisher
         if self.local is not None:
             self.local_socket = bind_unix(self.local)
+            self.local_inode = os.stat(self.local).st_ino
 
     async def run(self) -> None:
         """Serve until cancelled."""
@@ -392,7 +400,8 @@ class Sequencer:
                 peer.transport.abort()
         if self.local_socket is not None:
             with contextlib.suppress(OSError):
-                os.unlink(cast(str, self.local))
+                if os.stat(cast(str, self.local)).st_ino == self.local_inode:  # (not a successor's)
+                    os.unlink(cast(str, self.local))
         for sock in (self.router, self.xpub, self.xsub):
             sock.close(0)
         self.context.term()
@@ -408,22 +417,25 @@ class Sequencer:
                 self.xpub.send(frame, NOBLOCK)
             if self.inboxes:
                 self.subscriptions_in.sent()
-        for peer in self.peers:
-            peer.deliver(channel, frame)
+        if self.peers:
+            header = record_header(MESSAGE, frame)
+            for peer in self.peers:
+                peer.deliver(channel, header, frame)
 
     def _subscription(self, event: bytes) -> None:
         """Note a (un)subscription of a process on ZeroMQ (``channel NUL``; the XPUB tells the
         first and the last of each), and pass it on to the publishers at the frontend, who know
         channels by name alone (their first frame)."""
-        subscribed, topic = event[:1] == b"\x01", event[1:]
-        if topic == CONTROL + SEP:
-            return
-        channels, name = (self.zmq_channels, topic[:-1]) if topic.endswith(SEP) else (self.zmq_prefixes, topic)
-        if subscribed:
+        kind, topic = event[:1], event[1:]
+        if kind not in (b"\x00", b"\x01") or topic == CONTROL + SEP:
+            return  # (not a subscription: XSUB peers may send anything)
+        whole = topic.endswith(SEP) and topic.find(SEP) == len(topic) - 1  # ``channel NUL``; else a prefix
+        channels, name = (self.zmq_channels, topic[:-1]) if whole else (self.zmq_prefixes, topic)
+        if kind == b"\x01":
             channels.add(name)
         else:
             channels.discard(name)
-        if topic.endswith(SEP):
+        if whole:
             self._tell_publishers(event[:-1])
 
     def _tell_publishers(self, event: bytes) -> None:

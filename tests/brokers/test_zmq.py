@@ -4,7 +4,9 @@ and ipc://, and over the sequencer's Unix socket (`--local`, `--broker zmq+unix:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -12,6 +14,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import cast
 
 import httpx
 import pytest
@@ -462,3 +465,109 @@ def test_records_are_read_whole_however_the_stream_cuts_them() -> None:
         assert [(bytes([kind]), frame) for kind, frame in got] == records
     with pytest.raises(ValueError):
         RecordReader().feed(b"\x7f\xff\xff\xff")
+
+
+class CuttableRelay:
+    """A Unix socket in front of the sequencer's, piping bytes both ways, that the test can cut
+    (every connection closed, none accepted) and open again: a connection lost and made again."""
+
+    def __init__(self, path: str, target: str) -> None:
+        self.path, self.target = path, target
+        self.server: asyncio.Server | None = None
+        self.writers: list[asyncio.StreamWriter] = []
+        self.connected = asyncio.Event()
+
+    async def open(self) -> None:
+        self.connected.clear()
+        self.server = await asyncio.start_unix_server(self._pipe, self.path)
+
+    async def cut(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for writer in self.writers:
+            writer.transport.abort()
+        self.writers.clear()
+        await self.server.wait_closed()
+        os.unlink(self.path)
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_unix_connection(self.target)
+        self.writers += [writer, up_writer]
+        self.connected.set()
+
+        async def copy(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await source.read(65536):
+                    sink.write(data)
+            sink.transport.abort()
+
+        await asyncio.gather(copy(reader, up_writer), copy(up_reader, writer))
+
+
+def test_a_process_whose_unix_connection_was_lost_reads_what_it_missed_without_a_next_message(
+    start_server: Callable[..., ServerProcess], channel: str
+) -> None:
+    """Messages published while a process's connection to the sequencer was down reach its
+    subscribers once it is made again, exactly and with no gap, though no message follows on
+    the channel to show by its previous id that some were missed."""
+    forwarder = start_forwarder("unix")
+    assert forwarder.local is not None
+    relay_path = forwarder.local + "-relay"
+
+    async def scenario() -> None:
+        relay = CuttableRelay(relay_path, cast(str, forwarder.local))
+        await relay.open()
+        behind = await asyncio.to_thread(start_server, "--broker", f"zmq+unix:{relay_path}")
+        direct = await asyncio.to_thread(start_server, "--broker", f"zmq+unix:{forwarder.local}")
+        (sse,) = await subscribed_streams([(behind, channel)])
+        await asyncio.to_thread(publish, direct, channel, "one")
+        await read_events(sse, '"one"')
+        await relay.cut()
+        await asyncio.to_thread(publish, direct, channel, "two")  # (while `behind` is cut off)
+        await asyncio.to_thread(publish, direct, channel, "three")
+        await relay.open()
+        events = await read_events(sse, '"three"', timeout=15)
+        assert [json.loads(e["data"])["data"] for e in events if e.get("event") != "gap"] == ["two", "three"]
+        assert not [e for e in events if e.get("event") == "gap"]
+        sse.close()
+        await relay.cut()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        forwarder.kill()
+
+
+def test_zeromq_tools_listening_by_prefix_hear_the_fan_out(channel: str) -> None:
+    """A program on the backend subscribed to a part of a channel's frames (``channel NUL m
+    NUL``: its messages alone) or to every frame (an empty prefix) hears them: the sequencer
+    sends on ZeroMQ only what someone there subscribed to, and such subscriptions count as
+    prefixes, not as channels. One listener at a time (a prefix listener lets all through)."""
+    forwarder = start_forwarder("ipc")
+    context = zmq.Context()
+    dealer = context.socket(zmq.DEALER)
+    n = 0
+    try:
+        dealer.connect(forwarder.requests)
+        for prefix in (channel.encode() + b"\x00m\x00", b""):
+            sub = context.socket(zmq.SUB)
+            try:
+                sub.connect(forwarder.backend)
+                sub.setsockopt(zmq.SUBSCRIBE, prefix)
+                heard = False
+                deadline = time.monotonic() + 10
+                while not heard and time.monotonic() < deadline:  # (ZeroMQ subscribes asynchronously)
+                    n += 1
+                    expires = b"%d" % (time.time() * 1000 + 60_000)
+                    dealer.send(b"\x00".join([b"pub", b"%d" % n, expires, channel.encode(), b"node", b"0", b"%d" % n]))
+                    assert dealer.poll(5000)
+                    assert dealer.recv().split(b"\x00")[1] == b"ok"
+                    while sub.poll(20):
+                        heard = heard or sub.recv().startswith(channel.encode() + b"\x00m\x00")
+                assert heard, prefix
+            finally:
+                sub.close(0)
+    finally:
+        dealer.close(0)
+        context.term()
+        forwarder.kill()

@@ -28,7 +28,9 @@ def create_broker(settings: Settings) -> Broker:
         from tidings.brokers.zmq import ZmqBroker
 
         return ZmqBroker(_hub(settings, ZmqBroker), url)
-    raise ValueError(f"unknown broker {url!r} (supported: memory, redis://host:port/db, zmq://host:port1,port2,port3)")
+    raise ValueError(
+        f"unknown broker {url!r} (supported: memory, redis://host:port/db, zmq://host:port1,port2,port3, zmq+unix:PATH)"
+    )
 
 
 def _hub(settings: Settings, broker: type[Broker]) -> Hub:

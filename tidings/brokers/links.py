@@ -20,14 +20,13 @@ from tidings.sequencer import (
     ANSWER,
     CONTROL,
     MESSAGE,
-    PEER_BUFFER,
     REQUEST,
     SEP,
     SUBSCRIBE,
     UNSUBSCRIBE,
     Inbox,
     RecordReader,
-    record_header,
+    encode_records,
     send_frames,
     set_socket_options,
 )
@@ -35,7 +34,12 @@ from tidings.sequencer import (
 log = logging.getLogger("tidings.zmq")
 
 RECONNECT_DELAY = (0.02, 0.5)  # seconds between attempts to reach a sequencer's Unix socket (first, most)
+STEADY = 1.0  # seconds a connection must last for the next attempt to start at the shortest delay
 ANSWER_KIND, MESSAGE_KIND = ANSWER[0], MESSAGE[0]
+
+
+def _ignore(_: object) -> None:
+    pass
 
 
 class Link(ABC):
@@ -44,8 +48,14 @@ class Link(ABC):
     where: str  # the sequencer's address, for log lines
 
     @abstractmethod
-    def open(self, answer: Callable[[bytes], None], message: Callable[[bytes], None]) -> None:
-        """Start connecting (in the background, and again whenever the connection is lost)."""
+    def open(
+        self, answer: Callable[[bytes], None], message: Callable[[bytes], None], changed: Callable[[bool], None]
+    ) -> None:
+        """Start connecting (in the background, and again whenever the connection is lost).
+        `changed(False)` when a connection is lost, `changed(True)` when one is made again
+        (not the first time): what was sent or published meanwhile may be lost. (ZeroMQ does
+        not tell: it reconnects by itself; the previous-id check and the heartbeats are what
+        notice there.)"""
 
     @abstractmethod
     def send(self, requests: list[bytes]) -> bool:
@@ -106,7 +116,9 @@ class ZmqLink(Link):
         self.dealer.setsockopt(zmq.IMMEDIATE, 1)  # no queueing for a sequencer that is not there: a 503 now
         self.inboxes: list[Inbox] = []
 
-    def open(self, answer: Callable[[bytes], None], message: Callable[[bytes], None]) -> None:
+    def open(
+        self, answer: Callable[[bytes], None], message: Callable[[bytes], None], changed: Callable[[bool], None]
+    ) -> None:
         # ZeroMQ connects in the background and reconnects by itself.
         self.dealer.connect(self.requests)
         self.sub.connect(self.backend)
@@ -159,9 +171,15 @@ class UnixLink(Link, asyncio.Protocol):
         self.reader = RecordReader()
         self.task: asyncio.Task[None] | None = None
         self.lost: asyncio.Future[None] | None = None
+        self.answer: Callable[[bytes], None] = _ignore
+        self.message: Callable[[bytes], None] = _ignore
+        self.changed: Callable[[bool], None] = _ignore
+        self.connections = 0
 
-    def open(self, answer: Callable[[bytes], None], message: Callable[[bytes], None]) -> None:
-        self.answer, self.message = answer, message
+    def open(
+        self, answer: Callable[[bytes], None], message: Callable[[bytes], None], changed: Callable[[bool], None]
+    ) -> None:
+        self.answer, self.message, self.changed = answer, message, changed
         self.task = asyncio.get_running_loop().create_task(self._keep_connected())
 
     async def _keep_connected(self) -> None:
@@ -175,20 +193,27 @@ class UnixLink(Link, asyncio.Protocol):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RECONNECT_DELAY[1])
                 continue
-            delay = RECONNECT_DELAY[0]
+            made = loop.time()
             await self.lost
+            # (one that ends at once, e.g. a sequencer refusing what this one sends, is no
+            # reason to try again at once)
+            delay = RECONNECT_DELAY[0] if loop.time() - made > STEADY else min(delay * 2, RECONNECT_DELAY[1])
+            await asyncio.sleep(delay)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport = cast(asyncio.Transport, transport)  # (uvloop's: not a subclass)
-        transport.set_write_buffer_limits(high=PEER_BUFFER)
-        self.transport, self.reader = transport, RecordReader()
+        self.transport = transport = cast(asyncio.Transport, transport)  # (uvloop's: not a subclass)
+        self.reader = RecordReader()
         if self.channels:
-            transport.write(b"".join(record_header(SUBSCRIBE, c) + c for c in self.channels))
+            transport.write(encode_records(SUBSCRIBE, self.channels))
+        self.connections += 1
+        if self.connections > 1:
+            self.changed(True)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         if self.lost is not None and not self.lost.done():
             self.lost.set_result(None)
+        self.changed(False)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -211,12 +236,12 @@ class UnixLink(Link, asyncio.Protocol):
     def send(self, requests: list[bytes]) -> bool:
         if self.transport is None or self.transport.is_closing():
             return False
-        self.transport.write(b"".join([part for frame in requests for part in (record_header(REQUEST, frame), frame)]))
+        self.transport.write(encode_records(REQUEST, requests))
         return True
 
     def _tell(self, kind: bytes, channel: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(record_header(kind, channel) + channel)
+            self.transport.write(encode_records(kind, [channel]))
 
     def subscribe(self, channel: bytes) -> None:
         self.channels.add(channel)

@@ -101,7 +101,7 @@ class ZmqBroker(NumberingBus):
 
     async def start(self) -> None:
         loop = self.loop = asyncio.get_running_loop()
-        self.link.open(self._answer, self._receive)
+        self.link.open(self._answer, self._receive, self._link_changed)
         self._tasks = [
             loop.create_task(self._expire()),
             loop.create_task(self._report()),
@@ -119,7 +119,7 @@ class ZmqBroker(NumberingBus):
                     log.warning("the sequencer at %s is not reachable yet; serving, and retrying", self.link.where)
                     break
                 await asyncio.sleep(0.02)
-        log.info("ZeroMQ: the sequencer at %s", self.link.where)
+        log.info("the sequencer at %s", self.link.where)
 
     async def close(self) -> None:
         self.closed = True
@@ -146,9 +146,10 @@ class ZmqBroker(NumberingBus):
         or TooManyChannels, or BrokerFailed (a malformed answer). A future, not a coroutine: a
         publish needs no task of its own.
 
-        The requests of one loop turn leave together, as one ZeroMQ message (`_send_requests`),
-        and come back as one: over ZeroMQ each message costs a hop through its I/O threads on
-        both sides, which was most of what a publish through the sequencer cost."""
+        The requests of one loop turn leave together (`_send_requests`: one ZeroMQ message, or
+        one write on the Unix socket) and their answers come back so: each message is a hop
+        between processes (over ZeroMQ, through its I/O threads on both sides), which is most
+        of what a publish through the sequencer costs."""
         answer: asyncio.Future[T] = self.loop.create_future()
         if self.closed:
             answer.set_exception(BrokerUnavailable("the server is stopping"))
@@ -172,7 +173,7 @@ class ZmqBroker(NumberingBus):
             for ref, _ in outgoing:
                 request = self.pending.pop(ref, None)
                 if request is not None and not request.answer.done():
-                    request.answer.set_exception(BrokerUnavailable("the ZeroMQ sequencer is not reachable"))
+                    request.answer.set_exception(BrokerUnavailable("the sequencer is not reachable"))
 
     async def _ask(self, op: bytes, *args: bytes) -> list[bytes]:
         return await self._request(op, args, _fields)
@@ -205,7 +206,7 @@ class ZmqBroker(NumberingBus):
                 elif request.expires < now:
                     del self.pending[ref]
                     request.answer.set_exception(
-                        BrokerUnavailable(f"the ZeroMQ sequencer did not answer within {REQUEST_TIMEOUT:g} s")
+                        BrokerUnavailable(f"the sequencer did not answer within {REQUEST_TIMEOUT:g} s")
                     )
 
     def _own_count(self, channel: str) -> bytes:
@@ -355,7 +356,7 @@ class ZmqBroker(NumberingBus):
     def _repair(self, channel: str, frames: list[bytes]) -> None:
         """Messages before this one did not arrive: fetch them, then deliver in order."""
         self.repairing[channel] = [frames]
-        self._tasks.append(asyncio.get_running_loop().create_task(self._catch_up(channel)))
+        self._tasks.append(self.loop.create_task(self._catch_up(channel)))
 
     async def _catch_up(self, channel: str) -> None:
         fetched = False
@@ -376,6 +377,24 @@ class ZmqBroker(NumberingBus):
         current = asyncio.current_task()
         self._tasks = [task for task in self._tasks if task is not current and not task.done()]
 
+    def _link_changed(self, up: bool) -> None:
+        """The connection to the sequencer was lost (`up` False) or made again (True; see
+        `Link.open`). Lost: what awaits an answer will not get one, so it is refused now rather
+        than at its timeout, and the bus counts as away until the next heartbeat. Made again:
+        every channel subscribed here reads what it missed from the history, since nothing may
+        come on a channel that has gone quiet to show, by its previous id, that some is missing."""
+        if not up:
+            self.heard = float("-inf")
+            for request in self.pending.values():
+                if not request.answer.done():
+                    request.answer.set_exception(BrokerUnavailable("the connection to the sequencer was lost"))
+            self.pending.clear()
+            return
+        for name, started in self.active.items():
+            if started.done() and name not in self.repairing:
+                self.repairing[name] = []
+                self._tasks.append(self.loop.create_task(self._catch_up(name)))
+
     def _heartbeat(self, epoch: bytes, version: bytes) -> None:
         if version != WIRE_VERSION:
             if not self.other_version:
@@ -395,9 +414,11 @@ class ZmqBroker(NumberingBus):
             # gaps, and each channel's next message here tells its live subscribers so.
             log.warning("the sequencer restarted (epoch %s): what came before it is a gap", epoch.decode())
             self.epoch = epoch
+            floor = parse_id(epoch)
             for name in list(self.hub.channels):
-                self.hub.known_from(name, parse_id(epoch))
-                self.gapped.add(name)
+                if self.hub.last_id(name) < floor:  # (else read from the new history already, gap told)
+                    self.hub.known_from(name, floor)
+                    self.gapped.add(name)
 
 
 __all__ = ["ZmqBroker"]
