@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from bench import harness, report
-from bench.servers import SERVERS
+from bench.servers import ON_REQUEST_SERVERS, SERVERS
 
 
 def main() -> int:
@@ -36,7 +36,8 @@ def main() -> int:
         action="store_true",
         help="prove the harness works (CI): results go to a temp folder, not bench/results",
     )
-    parser.add_argument("--servers", default=",".join(SERVERS), help=f"comma-separated, of {', '.join(SERVERS)}")
+    known = {**SERVERS, **ON_REQUEST_SERVERS}
+    parser.add_argument("--servers", default=",".join(SERVERS), help=f"comma-separated, of {', '.join(known)}")
     parser.add_argument("--scenarios", default="ABCD", help="letters of the scenarios to run")
     parser.add_argument(
         "--transports", default=",".join(harness.TRANSPORTS), help="comma-separated, of longpoll, sse, ws"
@@ -66,13 +67,13 @@ def main() -> int:
         plan = harness.Plan(levels, plan.fanout, plan.channels, plan.publish, plan.repeat)
     factories = {}
     for name in args.servers.split(","):
-        if name not in SERVERS:
+        if name not in known:
             parser.error(f"unknown server {name!r}")
-        why = SERVERS[name]().unavailable()
+        why = known[name]().unavailable()
         if why:
             log(f"skipping {name}: {why}")
         else:
-            factories[name] = SERVERS[name]
+            factories[name] = known[name]
     if not factories:
         log("no server to measure")
         return 1

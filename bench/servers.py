@@ -227,6 +227,10 @@ SERVERS: dict[str, Callable[[], Server]] = {
     "tidings-w2": lambda: TidingsWorkers(2),
     "nchan": Nchan,
 }
+# Run when named (`--servers tidings-w2,nchan-w2`): Nchan at the worker count of `tidings-w2`.
+ON_REQUEST_SERVERS: dict[str, Callable[[], Server]] = {
+    "nchan-w2": lambda: Nchan(2),
+}
 # For `python -m bench capacity` (more connections than one process may hold), not in the default runs.
 MANY_PROCESS_SERVERS: dict[str, Callable[[], Server]] = {
     "tidings-w4": lambda: TidingsWorkers(4),
