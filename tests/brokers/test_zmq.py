@@ -571,3 +571,24 @@ def test_zeromq_tools_listening_by_prefix_hear_the_fan_out(channel: str) -> None
         dealer.close(0)
         context.term()
         forwarder.kill()
+
+
+def test_a_killed_sequencers_socket_file_is_taken_over_and_a_live_ones_is_not() -> None:
+    forwarder = start_forwarder("unix")
+    assert forwarder.local is not None
+    try:
+        forwarder.kill()  # (SIGKILL: its socket file stays behind)
+        assert os.path.exists(forwarder.local)
+        forwarder.start()  # binds the same path again
+        second = subprocess.run(
+            [sys.executable, "-m", "tidings", "zmq-proxy", "--frontend", "ipc://" + forwarder.local + "-f",
+             "--backend", "ipc://" + forwarder.local + "-b", "--requests", "ipc://" + forwarder.local + "-r",
+             "--local", forwarder.local],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert second.returncode != 0 and "already listens" in second.stderr, second.stderr
+        peer = LocalRecords(forwarder.local)  # the first one still serves there
+        assert peer.next(skip_heartbeats=False)[0] == b"m"
+        peer.close()
+    finally:
+        forwarder.kill()
