@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,23 +39,19 @@ class Grants:
 
 
 class Auth:
-    def __init__(self, secret: str = "", public_key_pem: str = "", public_channels: str = "") -> None:
+    def __init__(self, secret: str = "", public_key_pem: str = "") -> None:
         if secret:
             self.key: Any = secret
             self.algorithms = ["HS256"]
         else:
             self.key, algorithm = load_public_key(public_key_pem)
             self.algorithms = [algorithm]  # one algorithm per key: no RS256/ES256/HS256 confusion
-        self.public = tuple(p.strip() for p in public_channels.replace(" ", ",").split(",") if p.strip())
         self.cache: dict[str, Grants] = {}
 
-    def check(self, request: Request, action: str, channels: tuple[str, ...] | list[str]) -> None:
+    def check(self, request: Request, action: str, channels: Sequence[str]) -> None:
         """Raise 401 (no or bad token) or 403 (not for these channels) unless allowed."""
-        needed = [name for name in channels if not (action == "subscribe" and self._public(name))]
-        if not needed:
-            return
         grants = self.grants(token_of(request))
-        denied = [name for name in needed if not grants.allows(action, name)]
+        denied = [name for name in channels if not grants.allows(action, name)]
         if denied:
             raise HttpError(403, "forbidden", f"the token does not allow {action} on {', '.join(denied)}")
 
@@ -78,8 +75,18 @@ class Auth:
         self.cache[token] = grants
         return grants
 
-    def _public(self, channel: str) -> bool:
-        return any(fnmatch.fnmatchcase(channel, pattern) for pattern in self.public)
+
+class PublicChannels:
+    """`--public-channels`: patterns anyone may subscribe to, whatever else guards the rest."""
+
+    def __init__(self, patterns: str) -> None:
+        self.patterns = tuple(p.strip() for p in patterns.replace(" ", ",").split(",") if p.strip())
+
+    def guarded(self, action: str, channels: Sequence[str]) -> list[str]:
+        """Those of `channels` that need a grant for `action`."""
+        if action != "subscribe" or not self.patterns:
+            return list(channels)
+        return [name for name in channels if not any(fnmatch.fnmatchcase(name, p) for p in self.patterns)]
 
 
 def load_public_key(pem: str) -> tuple[Any, str]:

@@ -29,6 +29,10 @@ class Settings:
     auth_secret: str = ""  # HS256 key: with it (or a public key) every channel needs a token
     auth_public_key: str = ""  # a PEM file with an RS256/ES256 public key
     public_channels: str = ""  # patterns anyone may subscribe to without a token (comma-separated)
+    auth_url: str = ""  # the application's endpoint asked before a subscribe/publish no token grants
+    auth_url_headers: str = "cookie,authorization"  # the client's headers forwarded to it
+    auth_url_ttl: float = 5.0  # seconds a decision is remembered unless the answer says otherwise
+    auth_url_timeout: float = 2.0  # seconds to wait for its answer (then 503)
     cors_origin: str = ""  # origins allowed cross-origin (comma-separated, or *); none by default
     forwarded_allow_ips: str = ""  # reverse proxies whose X-Forwarded-For/-Proto are believed
     max_connections: int = 0  # 0: no limit but the process's file descriptors

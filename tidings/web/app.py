@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from urllib.parse import parse_qsl
 
-from tidings.auth import Auth
+from tidings.auth import Auth, PublicChannels
+from tidings.auth_backend import BackendAuth
 from tidings.brokers import Broker
 from tidings.config import Settings
 from tidings.errors import TidingsError
@@ -58,9 +59,17 @@ class App:
                 pem = Path(settings.auth_public_key).read_text() if settings.auth_public_key else ""
             except OSError as exc:
                 raise ValueError(f"--auth-public-key: cannot read {settings.auth_public_key}: {exc.strerror}") from None
-            self.auth = Auth(settings.auth_secret, pem, settings.public_channels)
+            self.auth = Auth(settings.auth_secret, pem)
+        self.backend: BackendAuth | None = None
+        if settings.auth_url:
+            self.backend = BackendAuth(
+                settings.auth_url, settings.auth_url_headers, settings.auth_url_ttl, settings.auth_url_timeout
+            )
+        self.public = PublicChannels(settings.public_channels)
         self.stats = metrics.Stats()
-        self.metrics = metrics.Metrics(hub, self.relay, self.stats, self.connections)
+        self.metrics = metrics.Metrics(
+            hub, self.relay, self.stats, self.connections, self.backend.seconds if self.backend else None
+        )
         self.siblings: Siblings | None = None  # set by the server in a worker of --workers N
         self.on_count: Callable[[int], None] | None = None  # told the open connections' count (the acceptor)
         self._sweeper: asyncio.TimerHandle | None = None
@@ -68,6 +77,8 @@ class App:
     # -- lifecycle
 
     def start(self) -> None:
+        if self.backend is not None:
+            self.backend.start()
         self.streams.start()
         self._sweep()
         if self.siblings is not None:
@@ -91,6 +102,11 @@ class App:
         self.timeouts.stop()
         for conn in list(self.connections):
             conn.shutdown()
+
+    async def close(self) -> None:
+        """After the drain: what the application holds beyond its connections."""
+        if self.backend is not None:
+            await self.backend.close()
 
     def connection_opened(self, conn: HttpConnection) -> None:
         limit = self.settings.max_connections
@@ -130,13 +146,57 @@ class App:
         if not self.origins.check_acting(request):
             request.raw_headers = [(name, value) for name, value in request.raw_headers if name.lower() != b"cookie"]
 
-    def authorize(self, request: Request, action: str, channels: tuple[str, ...] | list[str]) -> None:
-        if self.auth is not None:
+    def authorize(
+        self,
+        request: Request,
+        action: str,
+        channels: Sequence[str],
+        transport: str,
+        proceed: Callable[[], None],
+        fail: Callable[[Exception], None],
+    ) -> None:
+        # The order: public channels need nothing; then the token, checked here; then, for what
+        # no token grants, the application (--auth-url). Either may grant.
+        needed = self.public.guarded(action, channels)
+        if not needed or (self.auth is None and self.backend is None):
+            proceed()
+            return
+
+        def later() -> None:  # (proceeding after the application answered: errors are answers)
             try:
-                self.auth.check(request, action, channels)
-            except HttpError:
-                self.stats.auth_failures += 1
+                proceed()
+            except Exception as exc:
+                fail(exc)
+
+        try:
+            if self.auth is not None and self._token_allows(request, action, needed):
+                allowed = True
+            else:
+                assert self.backend is not None
+                allowed = self.backend.check(request, action, needed, transport, later, self._refusing(fail))
+        except HttpError as exc:
+            raise self._counted(exc) from None
+        if allowed:
+            proceed()
+
+    def _token_allows(self, request: Request, action: str, channels: list[str]) -> bool:
+        """Whether the request's token allows it; without --auth-url to ask next, a refusal raises."""
+        assert self.auth is not None
+        try:
+            self.auth.check(request, action, channels)
+        except HttpError:
+            if self.backend is None:
                 raise
+            return False
+        return True
+
+    def _refusing(self, fail: Callable[[Exception], None]) -> Callable[[Exception], None]:
+        return lambda error: fail(self._counted(error))
+
+    def _counted(self, error: Exception) -> Exception:
+        if isinstance(error, HttpError) and error.status in (401, 403):
+            self.stats.auth_failures += 1
+        return error
 
     def check_room(self, channels: tuple[str, ...]) -> None:
         """403 when a channel already has as many subscribers here as allowed."""
@@ -161,23 +221,31 @@ class App:
                 head, subscribe = "sse", sse.subscribe  # the same resource, as Server-Sent Events
             elif head == "ws":
                 self.check_origin(request)
-            self.authorize(request, "subscribe", channels)
-            self.check_room(channels)
-            subscribe(self, request, conn, channels)
+
+            def subscribing(transport: Callable[..., None] = subscribe) -> None:
+                self.check_room(channels)
+                transport(self, request, conn, channels)
+
+            transport = _TRANSPORT_NAMES[head]
+            self.authorize(request, "subscribe", channels, transport, _while_open(conn, subscribing), failing(conn))
         elif head == "pub" and rest:
             _allow(method, "POST", "DELETE")
             self.check_origin(request)
-            self.authorize(request, "publish", [rest])
             validate_channel(rest)
-            if method == "POST":
-                data = message_data(request)
-                self.relay.publish(rest, data, lambda result: _answer_publish(conn, result), failing(conn))
-            else:
-                self.relay.delete(rest, lambda told: _answer_delete(conn, rest, told), failing(conn))
+            data = message_data(request) if method == "POST" else None  # (a bad body: 400 before asking)
+
+            def publishing() -> None:
+                if method == "POST":
+                    self.relay.publish(rest, data, lambda result: _answer_publish(conn, result), failing(conn))
+                else:
+                    self.relay.delete(rest, lambda told: _answer_delete(conn, rest, told), failing(conn))
+
+            self.authorize(request, "publish", [rest], "http", _while_open(conn, publishing), failing(conn))
         elif head == "channels" and rest:
             _allow(method, "GET", "HEAD")
-            self.authorize(request, "subscribe", [rest])
-            info.channel(self, conn, rest)
+            validate_channel(rest)
+            answer = _while_open(conn, lambda: info.channel(self, conn, rest))
+            self.authorize(request, "subscribe", [rest], "http", answer, failing(conn))
         elif request.path == "/metrics":
             _allow(method, "GET", "HEAD")
             if self.siblings is None:
@@ -195,6 +263,16 @@ class App:
             self.static.serve(request.path, conn)
         else:
             raise HttpError(404, "not_found", f"no such resource: {request.path[:200]}")
+
+
+def _while_open(conn: HttpConnection, then: Callable[[], None]) -> Callable[[], None]:
+    """`then`, unless the client has gone meanwhile (an --auth-url check takes a while)."""
+
+    def go() -> None:
+        if not conn.closed:
+            then()
+
+    return go
 
 
 def message_data(request: Request) -> JSONValue:
@@ -241,6 +319,7 @@ def _answer_delete(conn: HttpConnection, channel: str, told: int | None) -> None
     conn.respond(200, encode_json({"channel": channel, "deleted": True, "subscribers": told or 0}))
 
 
+_TRANSPORT_NAMES = {"sub": "longpoll", "sse": "sse", "stream": "stream", "ws": "websocket"}  # (for --auth-url)
 _SUBSCRIPTIONS = {
     "sub": longpoll.subscribe,
     "sse": sse.subscribe,

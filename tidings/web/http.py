@@ -173,6 +173,7 @@ class Application(Protocol):
 
 
 _METHODS = {m.encode(): m for m in ("GET", "POST", "DELETE", "HEAD", "OPTIONS", "PUT")}
+EARLY_BYTES = 65536  # bytes a client may send after an upgrade request before it is answered
 
 
 # Theory of operation
@@ -292,6 +293,7 @@ class HttpConnection(asyncio.Protocol):
         "_url",
         "app",
         "deadline",
+        "early",
         "held",
         "limits",
         "parser",
@@ -318,6 +320,7 @@ class HttpConnection(asyncio.Protocol):
         self.pipeline: deque[Request] | None = None  # created when a client pipelines
         self.stopping = False
         self.upgraded: Upgraded | None = None  # after a protocol upgrade (WebSocket): gets the bytes
+        self.early: bytearray | None = None  # bytes after an upgrade request the application answers later
         self.response_headers = b""  # added to every answer to the current request (CORS)
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -343,6 +346,11 @@ class HttpConnection(asyncio.Protocol):
         if self.upgraded is not None:
             self.upgraded.receive(data)
             return
+        if self.early is not None:  # (waiting for the application to take the upgrade)
+            self.early += data
+            if len(self.early) > EARLY_BYTES:
+                self._fail(HttpError(400, "bad_request", "too much sent before the upgrade was answered", True))
+            return
         try:
             self.parser.feed_data(data)
             if self.state is READING and not self._reading_timed:
@@ -358,10 +366,15 @@ class HttpConnection(asyncio.Protocol):
                 log.exception("error while parsing a request", exc_info=cause)
                 self._fail(HttpError(500, "internal_error", "the server failed to read the request", True))
         except httptools.HttpParserUpgrade as exc:
+            rest = data[exc.args[0] :] if exc.args and isinstance(exc.args[0], int) else b""
             if self.upgraded is not None:  # the application took the upgrade: the rest is theirs
-                rest = data[exc.args[0] :] if exc.args and isinstance(exc.args[0], int) else b""
                 if rest:
                     self.upgraded.receive(rest)
+            elif self.state is BUSY:
+                # The application answers later (an --auth-url check): what follows waits for the
+                # upgrade, and any other answer ends the connection (the parser stopped at it).
+                self.early = bytearray(rest)
+                self.stopping = True
             elif self.state is not CLOSED:
                 self._fail(HttpError(400, "upgrade_not_supported", "this resource cannot be upgraded", True))
         except httptools.HttpParserError as exc:
@@ -562,6 +575,9 @@ class HttpConnection(asyncio.Protocol):
         self.transport.write(handshake)
         self.upgraded = upgraded
         self.held = upgraded
+        early, self.early = self.early, None
+        if early:
+            upgraded.receive(bytes(early))
 
     def send_raw(self, data: bytes) -> None:
         """Write bytes of the upgraded protocol (UPGRADED or STREAMING); dropped once CLOSED."""

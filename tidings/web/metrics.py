@@ -80,7 +80,9 @@ class TidingsCollector(Collector):
             value=stats.slow_disconnects,
         )
         yield CounterMetricFamily(
-            "tidings_auth_failures", "Requests refused for their token (401, 403)", value=stats.auth_failures
+            "tidings_auth_failures",
+            "Requests refused by their token or the application's --auth-url (401, 403)",
+            value=stats.auth_failures,
         )
         up = GaugeMetricFamily("tidings_broker_up", "Whether the broker is reachable", labels=["broker"])
         up.add_metric([broker.name], 1 if broker.healthy else 0)
@@ -95,10 +97,19 @@ def _transport(conn: HttpConnection) -> str:
 
 
 class Metrics:
-    def __init__(self, hub: Hub, relay: Relay, stats: Stats, connections: Collection[HttpConnection]) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        relay: Relay,
+        stats: Stats,
+        connections: Collection[HttpConnection],
+        auth_url_seconds: Collector | None = None,
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(TidingsCollector(hub, relay, stats, connections))
         self.registry.register(relay.stats.seconds)
+        if auth_url_seconds is not None:
+            self.registry.register(auth_url_seconds)
 
     def exposition(self) -> bytes:
         """This process's metrics, in the text format."""

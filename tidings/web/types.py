@@ -5,6 +5,7 @@ which implements it and is imported only by the server that composes it)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from tidings.config import Settings
@@ -28,8 +29,19 @@ class Services(Protocol):
     streams: StreamRegistry  # heartbeats and the unsent-bytes cap
     siblings: Siblings | None  # the other workers of --workers N (for /healthz, /metrics)
 
-    def authorize(self, request: Request, action: str, channels: tuple[str, ...] | list[str]) -> None:
-        """Raises HttpError (401, 403) unless the request's token allows `action` on `channels`."""
+    def authorize(
+        self,
+        request: Request,
+        action: str,
+        channels: Sequence[str],
+        transport: str,
+        proceed: Callable[[], None],
+        fail: Callable[[Exception], None],
+    ) -> None:
+        """Call `proceed` once `action` on `channels` is allowed (by the request's token, or by
+        the application's --auth-url): at once when that is known here, and then what it raises
+        is the caller's; else later. A refusal raises HttpError (401, 403) at once, or goes to
+        `fail` later, as does an --auth-url that cannot answer (503)."""
 
     def check_room(self, channels: tuple[str, ...]) -> None:
         """Raises HttpError (403) when a channel has as many subscribers here as allowed."""

@@ -107,11 +107,13 @@ class WebSocketSession:
             if data:
                 self.conn.send_raw(data)
 
-    def _close(self, code: int, reason: str) -> None:
+    def _close(self, code: int, reason: str, send_now: bool = True) -> None:
         try:
             self.protocol.send_close(code, reason)
         except InvalidState:
             return
+        if send_now:  # (a refusal may come from a callback, after `receive` has sent its output)
+            self._send_protocol_output()
 
     def _refuse(self, error: Exception) -> None:
         """A command refused: an error frame, or for a token's refusal a close (documented:
@@ -148,13 +150,17 @@ class WebSocketSession:
         if not isinstance(spec, dict) or not isinstance(spec.get("channel"), str) or "data" not in spec:
             raise HttpError(400, "invalid_command", 'publish needs {"channel": name, "data": value}')
         channel = validate_channel(spec["channel"])
-        self.app.authorize(self.handshake, "publish", [channel])
         data = spec["data"]
         if len(encode_json(data)) > self.app.settings.max_message_bytes:
             raise HttpError(
                 413, "body_too_large", f"messages are limited to {self.app.settings.max_message_bytes} bytes"
             )
-        self.app.relay.publish(channel, data, self._published, self._refuse)
+
+        def publishing() -> None:
+            if not self.conn.closed:  # (an --auth-url check takes a while)
+                self.app.relay.publish(channel, data, self._published, self._refuse)
+
+        self.app.authorize(self.handshake, "publish", [channel], "websocket", publishing, self._refuse)
 
     def _published(self, result: Published) -> None:
         body = {"id": str(result.id), "channel": result.channel, "subscribers": result.subscribers}
@@ -169,16 +175,20 @@ class WebSocketSession:
         if len(subscribed) + len(self.joining) + len(new) > MAX_CHANNELS_PER_REQUEST:
             raise HttpError(400, "invalid_channel", f"at most {MAX_CHANNELS_PER_REQUEST} channels per socket")
         if new:
-            self.app.authorize(self.handshake, "subscribe", new)
-            self.app.check_room(new)
             self.joining.update(new)
 
             def refused(error: Exception) -> None:
                 self.joining.difference_update(new)  # (a later command may try them again)
                 self._refuse(error)
 
-            try:
+            def joining() -> None:
+                if self.conn.closed:  # (an --auth-url check takes a while)
+                    return
+                self.app.check_room(new)
                 self.app.relay.read(self.conn, new, cursor, lambda batch: self._add(new, batch), refused, limit=None)
+
+            try:
+                self.app.authorize(self.handshake, "subscribe", new, "websocket", joining, refused)
             except TidingsError as exc:
                 refused(exc)
 
@@ -190,9 +200,9 @@ class WebSocketSession:
 
     def end(self, conn: HttpConnection, final: bytes, slow: bool) -> None:
         if slow:
-            self._close(CloseCode.POLICY_VIOLATION, "slow consumer")
+            self._close(CloseCode.POLICY_VIOLATION, "slow consumer", send_now=False)
         else:
-            self._close(CloseCode.GOING_AWAY, "server shutting down")
+            self._close(CloseCode.GOING_AWAY, "server shutting down", send_now=False)
         conn.end_stream(final + b"".join(self.protocol.data_to_send()))
 
 

@@ -1,0 +1,177 @@
+"""--auth-url: the application's own backend (a real aiohttp app on a local port, checking a
+session cookie) decides who may subscribe and publish, on every transport; decisions are
+remembered for their ttl; a backend that is down or slow is a 503, never an open door."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from aiohttp import web
+from conftest import ServerProcess, free_ports
+from rawhttp import Connection
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from tidings.auth import mint
+
+SECRET = "test-secret-of-some-length-0123456789"
+
+
+class Backend:
+    """The application: sessions by cookie. `ann` may do anything and is remembered for a
+    minute; `bob` may subscribe to channels starting with `bob` only; `eve` is refused (403); no
+    session is 401. `mode` makes it fail: "down" answers 500, "slow" answers after 5 s."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+        self.mode = "ok"
+        self.port = free_ports(1)[0]
+        self.loop = asyncio.new_event_loop()
+        started = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(started,), daemon=True)
+        self.thread.start()
+        assert started.wait(10), "the backend did not start"
+
+    def _run(self, started: threading.Event) -> None:
+        asyncio.set_event_loop(self.loop)
+        app = web.Application()
+        app.router.add_post("/auth", self.auth)
+        self.runner = web.AppRunner(app, access_log=None)
+        self.loop.run_until_complete(self.runner.setup())
+        self.loop.run_until_complete(web.TCPSite(self.runner, "127.0.0.1", self.port).start())
+        started.set()
+        self.loop.run_forever()
+
+    async def auth(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.calls.append({"body": body, "headers": dict(request.headers)})
+        if self.mode == "down":
+            return web.Response(status=500, text="oops")
+        if self.mode == "slow":
+            await asyncio.sleep(5)
+        session = request.cookies.get("session")
+        if session == "ann":
+            return web.json_response({"user": "ann", "info": {"name": "Ann"}, "ttl": 60})
+        if session == "bob" and body["action"] == "subscribe":
+            return web.json_response({"user": "bob", "channels": [c for c in body["channels"] if c.startswith("bob")]})
+        if session in ("bob", "eve"):
+            return web.Response(status=403)
+        return web.Response(status=401)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/auth"
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@pytest.fixture
+def backend() -> Iterator[Backend]:
+    app = Backend()
+    yield app
+    app.close()
+
+
+@pytest.fixture
+def guarded(start_server: Callable[..., ServerProcess], backend: Backend) -> ServerProcess:
+    return start_server("--auth-url", backend.url, "--auth-url-timeout", "0.5", "--public-channels", "news")
+
+
+def cookie(session: str) -> dict[str, str]:
+    return {"Cookie": f"session={session}"}
+
+
+def test_the_app_allows_refuses_and_is_asked_once_per_ttl(
+    guarded: ServerProcess, backend: Backend, channel: str
+) -> None:
+    with httpx.Client(base_url=guarded.url, timeout=10) as client:
+        for _ in range(20):  # a long-poll loop: the app is asked once
+            assert client.get(f"/sub/{channel}?timeout=0", headers=cookie("ann")).status_code == 200
+        [call] = backend.calls
+        assert call["body"] == {"action": "subscribe", "channels": [channel], "transport": "longpoll"}
+        assert call["headers"]["Cookie"] == "session=ann"
+        assert client.post(f"/pub/{channel}", json="hi", headers=cookie("ann")).status_code == 202
+        assert backend.calls[-1]["body"] == {"action": "publish", "channels": [channel], "transport": "http"}
+
+        nobody = client.get(f"/sub/{channel}?timeout=0")
+        assert nobody.status_code == 401 and nobody.json()["error"] == "unauthorized"
+        eve = client.post(f"/pub/{channel}", json="hi", headers=cookie("eve"))
+        assert eve.status_code == 403 and eve.json()["error"] == "forbidden"
+        assert client.delete(f"/pub/{channel}", headers=cookie("eve")).status_code == 403
+        # A grant of some of the channels asked for: the others are refused, by name.
+        mixed = client.get(f"/sub/bob-{channel},{channel}?timeout=0", headers=cookie("bob"))
+        assert mixed.status_code == 403 and channel in mixed.json()["detail"]
+        assert client.get(f"/sub/bob-{channel}?timeout=0", headers=cookie("bob")).status_code == 200
+        # Public channels are nobody's business.
+        calls = len(backend.calls)
+        assert client.get("/sub/news?timeout=0").status_code == 200
+        assert len(backend.calls) == calls
+        metrics = client.get("/metrics").text
+        assert "tidings_auth_url_seconds_count" in metrics and "tidings_auth_failures_total 4.0" in metrics
+
+
+def test_an_app_that_is_down_or_slow_is_a_503_not_an_open_door(
+    guarded: ServerProcess, backend: Backend, channel: str
+) -> None:
+    with httpx.Client(base_url=guarded.url, timeout=10) as client:
+        backend.mode = "down"
+        down = client.get(f"/sub/{channel}?timeout=0", headers=cookie("ann"))
+        assert down.status_code == 503 and down.json()["error"] == "auth_unavailable"
+        backend.mode = "slow"
+        slow = client.post(f"/pub/{channel}", json=1, headers=cookie("ann"))
+        assert slow.status_code == 503 and slow.json()["error"] == "auth_unavailable"
+        backend.mode = "ok"  # (a failure is not remembered: the next request asks again)
+        assert client.get(f"/sub/{channel}?timeout=0", headers=cookie("ann")).status_code == 200
+
+
+def test_every_transport_asks_the_app(guarded: ServerProcess, backend: Backend, channel: str) -> None:
+    async def scenario() -> None:
+        for path, transport in ((f"/sse/{channel}-sse", "sse"), (f"/stream/{channel}-stream", "stream")):
+            refused = await Connection.open(guarded.host, guarded.port)
+            assert (await refused.start_stream(path, headers=cookie("eve"))).status == 403
+            refused.close()
+            allowed = await Connection.open(guarded.host, guarded.port)
+            assert (await allowed.start_stream(path, headers=cookie("ann"))).status == 200
+            allowed.close()
+            assert backend.calls[-1]["body"]["transport"] == transport
+        url = f"ws://{guarded.host}:{guarded.port}/ws/{channel}"
+        with pytest.raises(InvalidStatus) as refused_handshake:
+            async with connect(url, additional_headers=cookie("eve")):
+                pass
+        assert refused_handshake.value.response.status_code == 403
+        async with connect(f"ws://{guarded.host}:{guarded.port}/ws", additional_headers=cookie("bob")) as ws:
+            await ws.send(json.dumps({"subscribe": [f"bob-{channel}"]}))
+            await ws.send(json.dumps({"publish": {"channel": f"bob-{channel}", "data": "hi"}}))
+            with pytest.raises(ConnectionClosed) as closed:
+                async with asyncio.timeout(10):
+                    while True:
+                        await ws.recv()
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 4403
+        subscribed = [c["body"] for c in backend.calls if c["body"]["transport"] == "websocket"]
+        assert {"action": "subscribe", "channels": [f"bob-{channel}"], "transport": "websocket"} in subscribed
+
+    asyncio.run(scenario())
+
+
+def test_a_token_that_grants_needs_no_call_and_either_may_grant(
+    start_server: Callable[..., ServerProcess], backend: Backend, channel: str
+) -> None:
+    server = start_server("--auth-secret", SECRET, "--auth-url", backend.url)
+    token = mint(SECRET, [], [channel], 60)
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        bearer = {"Authorization": f"Bearer {token}"}
+        assert client.get(f"/sub/{channel}?timeout=0", headers=bearer).status_code == 200
+        assert backend.calls == []  # the token granted it
+        assert client.get(f"/sub/{channel}-x?timeout=0", headers=cookie("ann")).status_code == 200  # the app did
+        refused = client.get(f"/sub/{channel}-x?timeout=0", headers=bearer)  # the token does not; the app: 401
+        assert refused.status_code == 401
+        assert backend.calls[-1]["headers"]["Authorization"] == f"Bearer {token}"  # (forwarded as it came)

@@ -1,0 +1,222 @@
+"""Authorisation by the application's own backend (`--auth-url`): before a subscribe, publish or
+delete that no token grants, Tidings POSTs to the app what is asked (``{"action", "channels",
+"transport"}``) with the client's credentials (by default its `Cookie` and `Authorization`
+headers), and the app answers as it would any request of that user:
+
+- 2xx: allowed; an optional JSON body may carry ``user`` (a string), ``info`` (an object), ``ttl``
+  (seconds to remember the decision) and ``channels`` (those granted, if not all that were asked:
+  the others are refused with 403);
+- 401 or 403: refused, with the same status to the client;
+- anything else, a body that is not what is described, no answer within `--auth-url-timeout`:
+  503 `auth_unavailable`. Closed: a backend that cannot say yes is a no (there is no setting to
+  fail open, because a push server that lets everyone in while the app is down leaks exactly
+  what the app guards).
+
+Decisions, refusals included, are remembered per (credentials, action, channel) for their `ttl`
+(default `--auth-url-ttl`), so a long-poll loop asks once, not at every poll; identical questions
+asked at once share one call. One pooled HTTP client (httpx) for every call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from prometheus_client import Histogram
+
+from tidings.hub import JSONValue
+from tidings.web.http import HttpError, Request
+
+log = logging.getLogger("tidings.auth")
+
+CACHE_LIMIT = 100_000  # decisions remembered; the cache is emptied when it is full
+MAX_TTL = 3600.0  # seconds: a longer `ttl` from the app is cut to this
+
+Credentials = tuple[str, ...]  # the forwarded headers' values, in the order of the setting
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What the app said about one channel for one action and one set of credentials."""
+
+    allowed: bool
+    expires: float  # time.monotonic()
+    status: int = 200  # a refusal's: 401 or 403
+    detail: str = ""
+    user: str | None = None
+    info: dict[str, JSONValue] | None = None
+
+    def refusal(self) -> HttpError:
+        code = "unauthorized" if self.status == 401 else "forbidden"
+        return HttpError(self.status, code, self.detail)
+
+
+class BackendAuth:
+    def __init__(self, url: str, headers: str, ttl: float, timeout: float) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"--auth-url: an http:// or https:// URL, not {url!r}")
+        self.url = url
+        self.headers = tuple(name.strip().lower() for name in headers.split(",") if name.strip())
+        self.header_bytes = tuple(name.encode() for name in self.headers)
+        self.ttl = ttl
+        self.timeout = timeout
+        self.client: httpx.AsyncClient | None = None  # (made in the loop that uses it: `start`)
+        self.cache: dict[tuple[Credentials, str, str], Decision] = {}
+        self.asking: dict[tuple[Credentials, str, tuple[str, ...], str], asyncio.Future[dict[str, Decision]]] = {}
+        self.calls = 0
+        self.seconds = Histogram(
+            "tidings_auth_url_seconds",
+            "Time the application's backend took to answer an --auth-url check",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=None,
+        )
+
+    def start(self) -> None:
+        self.client = httpx.AsyncClient(
+            timeout=self.timeout,
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
+            follow_redirects=False,
+        )
+
+    async def close(self) -> None:
+        for pending in self.asking.values():
+            pending.cancel()
+        if self.client is not None:
+            await self.client.aclose()
+
+    def credentials(self, request: Request) -> Credentials:
+        return tuple(request.header(name) for name in self.header_bytes)
+
+    def check(
+        self,
+        request: Request,
+        action: str,
+        channels: Sequence[str],
+        transport: str,
+        proceed: Callable[[], None],
+        refuse: Callable[[Exception], None],
+    ) -> bool:
+        """Whether the app allows `action` on every one of `channels`, if known now: True, or an
+        HttpError (401, 403) raised. Else False, and once the app has answered, `proceed()` or
+        `refuse(error)` (401, 403; 503 when it could not answer)."""
+        credentials = self.credentials(request)
+        now = time.monotonic()
+        cache = self.cache
+        unknown = []
+        for name in channels:
+            decision = cache.get((credentials, action, name))
+            if decision is None or decision.expires <= now:
+                unknown.append(name)
+            elif not decision.allowed:
+                raise decision.refusal()
+        if not unknown:
+            return True
+        key = (credentials, action, tuple(unknown), transport)
+        pending = self.asking.get(key)
+        if pending is None:
+            loop = asyncio.get_running_loop()
+            pending = self.asking[key] = loop.create_future()
+            task = loop.create_task(self._ask(key, pending))
+            task.add_done_callback(lambda _: self.asking.pop(key, None))
+
+        def decided(future: asyncio.Future[dict[str, Decision]]) -> None:
+            if future.cancelled():
+                refuse(HttpError(503, "auth_unavailable", "the server is stopping"))
+                return
+            error = future.exception()
+            if error is not None:
+                refuse(error if isinstance(error, Exception) else HttpError(503, "auth_unavailable", "no answer"))
+                return
+            for decision in future.result().values():
+                if not decision.allowed:
+                    refuse(decision.refusal())
+                    return
+            proceed()
+
+        pending.add_done_callback(decided)
+        return False
+
+    async def _ask(
+        self, key: tuple[Credentials, str, tuple[str, ...], str], pending: asyncio.Future[dict[str, Decision]]
+    ) -> None:
+        credentials, action, channels, transport = key
+        try:
+            decisions = await self._call(credentials, action, channels, transport)
+        except HttpError as exc:
+            if not pending.done():
+                pending.set_exception(exc)
+            return
+        except Exception:  # (whatever it is, the client hears 503 rather than waiting)
+            log.exception("an --auth-url check failed")
+            if not pending.done():
+                pending.set_exception(HttpError(503, "auth_unavailable", "the authorisation check failed"))
+            return
+        if len(self.cache) + len(decisions) > CACHE_LIMIT:
+            self.cache.clear()
+        for name, decision in decisions.items():
+            self.cache[(credentials, action, name)] = decision
+        if not pending.done():
+            pending.set_result(decisions)
+
+    async def _call(
+        self, credentials: Credentials, action: str, channels: tuple[str, ...], transport: str
+    ) -> dict[str, Decision]:
+        assert self.client is not None, "BackendAuth.start() first"
+        headers = {name: value for name, value in zip(self.headers, credentials, strict=True) if value}
+        body = {"action": action, "channels": list(channels), "transport": transport}
+        started = time.perf_counter()
+        self.calls += 1
+        try:
+            answer = await self.client.post(self.url, json=body, headers=headers)
+        except httpx.HTTPError as exc:
+            log.warning("--auth-url: no answer from %s: %s", self.url, exc)
+            raise HttpError(503, "auth_unavailable", "the application's authorisation check did not answer") from None
+        finally:
+            self.seconds.observe(time.perf_counter() - started)
+        now = time.monotonic()
+        if answer.status_code in (401, 403):
+            detail = f"the application refused {action} on {', '.join(channels)}"
+            refused = Decision(False, now + self.ttl, answer.status_code, detail)
+            return dict.fromkeys(channels, refused)
+        if not 200 <= answer.status_code < 300:
+            log.warning("--auth-url: %s answered %d", self.url, answer.status_code)
+            detail = f"the application's authorisation check answered {answer.status_code}"
+            raise HttpError(503, "auth_unavailable", detail)
+        return self._decisions(answer, action, channels, now)
+
+    def _decisions(
+        self, answer: httpx.Response, action: str, channels: tuple[str, ...], now: float
+    ) -> dict[str, Decision]:
+        spec: Any = {}
+        if answer.content.strip():
+            try:
+                spec = answer.json()
+            except ValueError:
+                spec = None
+        if not isinstance(spec, dict):
+            log.warning("--auth-url: %s answered 2xx with a body that is not a JSON object", self.url)
+            raise HttpError(503, "auth_unavailable", "the application's authorisation check answered nonsense")
+        user, info, ttl, granted = spec.get("user"), spec.get("info"), spec.get("ttl", self.ttl), spec.get("channels")
+        if (
+            (user is not None and not isinstance(user, str))
+            or (info is not None and not isinstance(info, dict))
+            or not isinstance(ttl, int | float)
+            or isinstance(ttl, bool)
+            or (granted is not None and not (isinstance(granted, list) and all(isinstance(c, str) for c in granted)))
+        ):
+            log.warning("--auth-url: %s answered 2xx with fields of the wrong types: %.200s", self.url, answer.text)
+            raise HttpError(503, "auth_unavailable", "the application's authorisation check answered nonsense")
+        expires = now + min(max(float(ttl), 0.0), MAX_TTL)
+        allowed = Decision(True, expires, user=user, info=info)
+        decisions = {}
+        for name in channels:
+            if granted is None or name in granted:
+                decisions[name] = allowed
+            else:
+                decisions[name] = Decision(False, expires, 403, f"the application does not allow {action} on {name}")
+        return decisions
