@@ -67,7 +67,7 @@ async def serve(settings: Settings, on_ready: Callable[[str, int], None] | None 
         sock.close()  # (new connections are refused now, not left to hang while we drain)
         app.stop()
         await _drain(app, loop, settings.shutdown_grace)
-        await app.close()
+        app.close()
         await broker.close()
         log.info("stopped")
 
@@ -138,10 +138,6 @@ def configure_logging(settings: Settings) -> None:
         formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     handler.setFormatter(formatter)
     logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
-    # httpx (the --auth-url client) logs every request at INFO: a line per check is noise; its
-    # failures reach our own log as warnings (tidings.auth).
-    for noisy in ("httpx", "httpcore"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def run_loop(main: Coroutine[Any, Any, None]) -> None:

@@ -110,6 +110,8 @@ class App:
             conn.upgrade(
                 b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n", holder
             )
+        elif request.path == "/ws-later":  # (an upgrade decided later: an --auth-url check)
+            self.holders.append(holder)
         elif request.path == "/bad":
             raise HttpError(400, "bad_thing", "not like that", headers=b"X-Why: because\r\n")
         else:
@@ -323,6 +325,35 @@ def test_an_http_answer_after_a_101_closes_instead_of_corrupting_the_stream(
     transport.take()
     conn.respond_error(HttpError(400, "invalid_cursor", "no such cursor"))
     assert transport.written == b""
+    assert conn.state is State.CLOSED and transport.closed
+
+
+HANDSHAKE = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+
+
+def test_an_upgrade_taken_later_gets_what_was_sent_meanwhile(
+    conn: HttpConnection, app: App, transport: RecordingTransport
+) -> None:
+    conn.data_received(get("/ws-later", "Upgrade: websocket", "Connection: Upgrade") + b"frame1")
+    conn.data_received(b"frame2")
+    assert transport.written == b"" and conn.state is State.BUSY
+    holder = app.holders[0]
+    conn.upgrade(HANDSHAKE, holder)
+    assert transport.take() == HANDSHAKE and holder.received == b"frame1frame2"
+    conn.data_received(b"frame3")
+    assert holder.received == b"frame1frame2frame3"
+
+
+def test_an_upgrade_refused_later_is_answered_and_closed(conn: HttpConnection, transport: RecordingTransport) -> None:
+    conn.data_received(get("/ws-later", "Upgrade: websocket", "Connection: Upgrade"))
+    conn.respond_error(HttpError(403, "forbidden", "not you"))
+    assert statuses(transport.written) == [403] and b'"forbidden"' in transport.written
+    assert conn.state is State.CLOSED and transport.closed
+
+
+def test_an_upgrade_request_is_not_followed_by_a_flood(conn: HttpConnection, transport: RecordingTransport) -> None:
+    conn.data_received(get("/ws-later", "Upgrade: websocket", "Connection: Upgrade"))
+    conn.data_received(b"x" * 70_000)
     assert conn.state is State.CLOSED and transport.closed
 
 

@@ -77,8 +77,6 @@ class App:
     # -- lifecycle
 
     def start(self) -> None:
-        if self.backend is not None:
-            self.backend.start()
         self.streams.start()
         self._sweep()
         if self.siblings is not None:
@@ -103,10 +101,10 @@ class App:
         for conn in list(self.connections):
             conn.shutdown()
 
-    async def close(self) -> None:
+    def close(self) -> None:
         """After the drain: what the application holds beyond its connections."""
         if self.backend is not None:
-            await self.backend.close()
+            self.backend.close()
 
     def connection_opened(self, conn: HttpConnection) -> None:
         limit = self.settings.max_connections
