@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from aiohttp import web
-from conftest import ServerProcess, free_ports
+from conftest import ServerProcess, free_ports, wait_until
 from rawhttp import Connection
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -21,6 +21,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from tidings.auth import mint
 
 SECRET = "test-secret-of-some-length-0123456789"
+BASIC = "Basic YW5uOnNlY3JldA=="
 
 
 class Backend:
@@ -56,6 +57,19 @@ class Backend:
         if self.mode == "slow":
             await asyncio.sleep(5)
         session = request.cookies.get("session")
+        if request.headers.get("Authorization") == BASIC:  # (what a browser may attach by itself)
+            return web.json_response({"user": "ann"})
+        if session == "slow-ann":  # (questions asked meanwhile share this call)
+            await asyncio.sleep(0.3)
+            return web.json_response({"user": "ann"})
+        if session == "tim":
+            return web.json_response({"user": "tim", "ttl": 0.5})
+        if session == "nan":
+            return web.Response(text='{"ttl": NaN}', content_type="application/json")
+        if session == "lp":  # long-polls only
+            return web.Response(status=200 if body["transport"] == "longpoll" else 403)
+        if session == "poster":  # may publish, not delete
+            return web.Response(status=200 if body["action"] == "publish" else 403)
         if session == "ann":
             return web.json_response({"user": "ann", "info": {"name": "Ann"}, "ttl": 60})
         if session == "bob" and body["action"] == "subscribe":
@@ -175,3 +189,65 @@ def test_a_token_that_grants_needs_no_call_and_either_may_grant(
         refused = client.get(f"/sub/{channel}-x?timeout=0", headers=bearer)  # the token does not; the app: 401
         assert refused.status_code == 401
         assert backend.calls[-1]["headers"]["Authorization"] == f"Bearer {token}"  # (forwarded as it came)
+
+
+def test_what_the_app_is_asked_and_how_its_answers_are_remembered(
+    guarded: ServerProcess, backend: Backend, channel: str
+) -> None:
+    with httpx.Client(base_url=guarded.url, timeout=10) as client:
+        for _ in range(3):  # a refusal is remembered too
+            assert client.get(f"/sub/{channel}?timeout=0", headers=cookie("eve")).status_code == 403
+        assert len(backend.calls) == 1
+        # Asked again once the ttl has passed.
+        assert client.get(f"/sub/{channel}?timeout=0", headers=cookie("tim")).status_code == 200
+        assert client.get(f"/sub/{channel}?timeout=0", headers=cookie("tim")).status_code == 200
+        assert len(backend.calls) == 2
+        wait_until(lambda: client.get(f"/sub/{channel}?timeout=0", headers=cookie("tim")).status_code == 200
+                   and len(backend.calls) == 3, 5, "the decision to expire")  # fmt: skip
+        # The transport is part of the question, and of what is remembered.
+        assert client.get(f"/sub/lp-{channel}?timeout=0", headers=cookie("lp")).status_code == 200
+        assert client.get(f"/sse/lp-{channel}", headers=cookie("lp")).status_code == 403
+        # Deleting is its own question: a publisher is not a deleter.
+        assert client.post(f"/pub/{channel}", json=1, headers=cookie("poster")).status_code == 202
+        assert client.delete(f"/pub/{channel}", headers=cookie("poster")).status_code == 403
+        assert backend.calls[-1]["body"]["action"] == "delete"
+        # A ttl that is not a number is nonsense (NaN would be remembered for ever).
+        nan = client.get(f"/sub/{channel}?timeout=0", headers=cookie("nan"))
+        assert nan.status_code == 503 and nan.json()["error"] == "auth_unavailable"
+
+
+def test_questions_asked_at_once_share_one_call(guarded: ServerProcess, backend: Backend, channel: str) -> None:
+    async def scenario() -> None:
+        async with httpx.AsyncClient(base_url=guarded.url, timeout=10) as client:
+            answers = await asyncio.gather(
+                *(client.get(f"/sub/{channel}?timeout=0", headers=cookie("slow-ann")) for _ in range(10))
+            )
+        assert [a.status_code for a in answers] == [200] * 10
+
+    asyncio.run(scenario())
+    assert len(backend.calls) == 1
+
+
+def test_a_page_on_another_origin_cannot_lend_the_browsers_credentials(
+    start_server: Callable[..., ServerProcess], backend: Backend, channel: str
+) -> None:
+    """Under --cors-origin '*' any page may act, but not as the user: the cookie and an
+    Authorization the browser adds by itself (Basic) are dropped before the app is asked."""
+    server = start_server("--auth-url", backend.url, "--cors-origin", "*")
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        assert client.post(f"/pub/{channel}", json=1, headers={"Authorization": BASIC}).status_code == 202
+        evil = {"Origin": "http://evil.example", "Authorization": BASIC, "Cookie": "session=ann"}
+        assert client.post(f"/pub/{channel}", json=1, headers=evil).status_code == 401
+        asked = backend.calls[-1]["headers"]
+        assert "Authorization" not in asked and "Cookie" not in asked
+
+
+def test_a_token_and_the_app_each_grant_their_channels(
+    start_server: Callable[..., ServerProcess], backend: Backend, channel: str
+) -> None:
+    server = start_server("--auth-secret", SECRET, "--auth-url", backend.url)
+    token = mint(SECRET, [], [channel], 60)
+    headers = {"Authorization": f"Bearer {token}", **cookie("bob")}
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        assert client.get(f"/sub/{channel},bob-{channel}?timeout=0", headers=headers).status_code == 200
+        assert backend.calls[-1]["body"]["channels"] == [f"bob-{channel}"]  # (the token granted the other)

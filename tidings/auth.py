@@ -48,10 +48,16 @@ class Auth:
             self.algorithms = [algorithm]  # one algorithm per key: no RS256/ES256/HS256 confusion
         self.cache: dict[str, Grants] = {}
 
+    def ungranted(self, request: Request, action: str, channels: Sequence[str]) -> list[str]:
+        """Those of `channels` the request's token does not grant `action` on; raises 401 when
+        there is no token, or it is bad. (Deleting is granted by the publish patterns.)"""
+        grants = self.grants(token_of(request))
+        kind = "subscribe" if action == "subscribe" else "publish"
+        return [name for name in channels if not grants.allows(kind, name)]
+
     def check(self, request: Request, action: str, channels: Sequence[str]) -> None:
         """Raise 401 (no or bad token) or 403 (not for these channels) unless allowed."""
-        grants = self.grants(token_of(request))
-        denied = [name for name in channels if not grants.allows(action, name)]
+        denied = self.ungranted(request, action, channels)
         if denied:
             raise HttpError(403, "forbidden", f"the token does not allow {action} on {', '.join(denied)}")
 

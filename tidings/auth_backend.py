@@ -1,7 +1,8 @@
 """Authorisation by the application's own backend (`--auth-url`): before a subscribe, publish or
 delete that no token grants, Tidings POSTs to the app what is asked (``{"action", "channels",
 "transport"}``) with the client's credentials (by default its `Cookie` and `Authorization`
-headers), and the app answers as it would any request of that user:
+headers; the action is `subscribe`, `publish` or `delete`), and the app answers as it would any
+request of that user:
 
 - 2xx: allowed; an optional JSON body may carry ``user`` (a string), ``info`` (an object), ``ttl``
   (seconds to remember the decision) and ``channels`` (those granted, if not all that were asked:
@@ -12,17 +13,19 @@ headers), and the app answers as it would any request of that user:
   fail open, because a push server that lets everyone in while the app is down leaks exactly
   what the app guards).
 
-Decisions, refusals included, are remembered per (credentials, action, channel) for their `ttl`
-(default `--auth-url-ttl`), so a long-poll loop asks once, not at every poll; identical questions
-asked at once share one call. One pool of keep-alive connections for every call
+Decisions, refusals included, are remembered per (credentials, action, transport, channel) for
+their `ttl` (default `--auth-url-ttl`), so a long-poll loop asks once, not at every poll; identical
+questions asked at once share one call. One pool of keep-alive connections for every call
 (`tidings/http_client.py`: httpx cost ~1,350 us of CPU per call, measured).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,10 +39,19 @@ from tidings.web.http import HttpError, Request
 
 log = logging.getLogger("tidings.auth")
 
-CACHE_LIMIT = 100_000  # decisions remembered; the cache is emptied when it is full
+CACHE_LIMIT = 100_000  # decisions remembered (~200 B each); when full, the expired go, else all
 MAX_TTL = 3600.0  # seconds: a longer `ttl` from the app is cut to this
 
 Credentials = tuple[str, ...]  # the forwarded headers' values, in the order of the setting
+# Decisions are remembered by a digest of the credentials (a client may send 16 KiB of cookie:
+# keeping it would let anonymous clients fill memory), and by action, transport and channel (the
+# application is told the transport, so its answer may depend on it).
+DecisionKey = tuple[bytes, str, str, str]  # (credentials' digest, action, transport, channel)
+QuestionKey = tuple[bytes, str, str, tuple[str, ...]]  # (credentials' digest, action, transport, channels)
+
+
+def _digest(credentials: Credentials) -> bytes:
+    return hashlib.blake2b("\x00".join(credentials).encode("latin-1"), digest_size=16).digest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +80,8 @@ class BackendAuth:
         self.header_bytes = tuple(name.encode() for name in self.headers)
         self.ttl = ttl
         self.timeout = timeout
-        self.cache: dict[tuple[Credentials, str, str], Decision] = {}
-        self.asking: dict[tuple[Credentials, str, tuple[str, ...], str], asyncio.Future[dict[str, Decision]]] = {}
+        self.cache: dict[DecisionKey, Decision] = {}
+        self.asking: dict[QuestionKey, asyncio.Future[dict[str, Decision]]] = {}
         self.calls = 0
         self.seconds = Histogram(
             "tidings_auth_url_seconds",
@@ -99,23 +111,24 @@ class BackendAuth:
         HttpError (401, 403) raised. Else False, and once the app has answered, `proceed()` or
         `refuse(error)` (401, 403; 503 when it could not answer)."""
         credentials = self.credentials(request)
+        digest = _digest(credentials)
         now = time.monotonic()
         cache = self.cache
         unknown = []
         for name in channels:
-            decision = cache.get((credentials, action, name))
+            decision = cache.get((digest, action, transport, name))
             if decision is None or decision.expires <= now:
                 unknown.append(name)
             elif not decision.allowed:
                 raise decision.refusal()
         if not unknown:
             return True
-        key = (credentials, action, tuple(unknown), transport)
+        key = (digest, action, transport, tuple(unknown))
         pending = self.asking.get(key)
         if pending is None:
             loop = asyncio.get_running_loop()
             pending = self.asking[key] = loop.create_future()
-            task = loop.create_task(self._ask(key, pending))
+            task = loop.create_task(self._ask(key, credentials, pending))
             task.add_done_callback(lambda _: self.asking.pop(key, None))
 
         def decided(future: asyncio.Future[dict[str, Decision]]) -> None:
@@ -136,9 +149,9 @@ class BackendAuth:
         return False
 
     async def _ask(
-        self, key: tuple[Credentials, str, tuple[str, ...], str], pending: asyncio.Future[dict[str, Decision]]
+        self, key: QuestionKey, credentials: Credentials, pending: asyncio.Future[dict[str, Decision]]
     ) -> None:
-        credentials, action, channels, transport = key
+        digest, action, transport, channels = key
         try:
             decisions = await self._call(credentials, action, channels, transport)
         except HttpError as exc:
@@ -151,11 +164,18 @@ class BackendAuth:
                 pending.set_exception(HttpError(503, "auth_unavailable", "the authorisation check failed"))
             return
         if len(self.cache) + len(decisions) > CACHE_LIMIT:
-            self.cache.clear()
+            self._make_room()
         for name, decision in decisions.items():
-            self.cache[(credentials, action, name)] = decision
+            self.cache[(digest, action, transport, name)] = decision
         if not pending.done():
             pending.set_result(decisions)
+
+    def _make_room(self) -> None:
+        now = time.monotonic()
+        for key in [key for key, decision in self.cache.items() if decision.expires <= now]:
+            del self.cache[key]
+        if len(self.cache) > CACHE_LIMIT * 9 // 10:
+            self.cache.clear()
 
     async def _call(
         self, credentials: Credentials, action: str, channels: tuple[str, ...], transport: str
@@ -197,6 +217,7 @@ class BackendAuth:
             or (info is not None and not isinstance(info, dict))
             or not isinstance(ttl, int | float)
             or isinstance(ttl, bool)
+            or not math.isfinite(ttl)  # (NaN would be remembered for ever)
             or (granted is not None and not (isinstance(granted, list) and all(isinstance(c, str) for c in granted)))
         ):
             log.warning("--auth-url: %s answered 2xx with fields of the wrong types: %.200r", self.url, content)

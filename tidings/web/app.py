@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from urllib.parse import parse_qsl
@@ -26,6 +27,8 @@ from tidings.web.origin import OriginPolicy
 from tidings.web.registry import StreamRegistry
 from tidings.web.siblings import Siblings
 from tidings.web.wheel import TimeoutWheel
+
+log = logging.getLogger("tidings")
 
 
 class App:
@@ -73,6 +76,7 @@ class App:
         self.siblings: Siblings | None = None  # set by the server in a worker of --workers N
         self.on_count: Callable[[int], None] | None = None  # told the open connections' count (the acceptor)
         self._sweeper: asyncio.TimerHandle | None = None
+        self.stopping = False
 
     # -- lifecycle
 
@@ -92,6 +96,7 @@ class App:
 
     def stop(self) -> None:
         """Answer held long-polls, end streams, close idle connections."""
+        self.stopping = True
         if self._sweeper is not None:
             self._sweeper.cancel()
         if self.siblings is not None:
@@ -140,9 +145,11 @@ class App:
 
     def check_origin(self, request: Request) -> None:
         """Before a request acts (WebSocket, publish, delete): 403 for a page on an origin that
-        may not; the cookie is dropped where it may not stand for the user (see web/origin.py)."""
+        may not; where the browser's own credentials may not stand for the user (see
+        web/origin.py), they are dropped — the cookie, and an Authorization a browser adds by
+        itself (Basic, Negotiate): only a bearer token the page presents is its own."""
         if not self.origins.check_acting(request):
-            request.raw_headers = [(name, value) for name, value in request.raw_headers if name.lower() != b"cookie"]
+            request.raw_headers = [(name, value) for name, value in request.raw_headers if _page_presented(name, value)]
 
     def authorize(
         self,
@@ -153,8 +160,8 @@ class App:
         proceed: Callable[[], None],
         fail: Callable[[Exception], None],
     ) -> None:
-        # The order: public channels need nothing; then the token, checked here; then, for what
-        # no token grants, the application (--auth-url). Either may grant.
+        # The order: public channels need nothing; then the token, checked here; then, for the
+        # channels no token grants, the application (--auth-url). Either may grant.
         needed = self.public.guarded(action, channels)
         if not needed or (self.auth is None and self.backend is None):
             proceed()
@@ -163,30 +170,48 @@ class App:
         def later() -> None:  # (proceeding after the application answered: errors are answers)
             try:
                 proceed()
+            except TidingsError as exc:
+                fail(exc)
             except Exception as exc:
+                log.exception("error after an --auth-url check")
                 fail(exc)
 
         try:
-            if self.auth is not None and self._token_allows(request, action, needed):
-                allowed = True
-            else:
-                assert self.backend is not None
+            if self.auth is not None:
+                needed = self._ungranted_by_token(request, action, needed)
+            allowed = not needed
+            if needed:
+                assert self.backend is not None  # (else the token's refusal was raised)
                 allowed = self.backend.check(request, action, needed, transport, later, self._refusing(fail))
         except HttpError as exc:
             raise self._counted(exc) from None
         if allowed:
             proceed()
 
-    def _token_allows(self, request: Request, action: str, channels: list[str]) -> bool:
-        """Whether the request's token allows it; without --auth-url to ask next, a refusal raises."""
+    def _ungranted_by_token(self, request: Request, action: str, channels: list[str]) -> list[str]:
+        """What the request's token leaves to the application; without --auth-url to ask, a
+        refusal raises (401 no or bad token, 403 not these channels)."""
         assert self.auth is not None
-        try:
+        if self.backend is None:
             self.auth.check(request, action, channels)
+            return []
+        try:
+            return self.auth.ungranted(request, action, channels)
         except HttpError:
-            if self.backend is None:
-                raise
-            return False
-        return True
+            return channels  # (no token, or a bad one: the application may still say yes)
+
+    def _while_open(self, conn: HttpConnection, then: Callable[[], None]) -> Callable[[], None]:
+        """`then`, unless the client has gone meanwhile (an --auth-url check takes a while), or
+        the server has begun to stop (a stream begun now would outlive the drain's notice)."""
+
+        def go() -> None:
+            if conn.closed:
+                return
+            if self.stopping:
+                raise HttpError(503, "shutting_down", "the server is stopping")
+            then()
+
+        return go
 
     def _refusing(self, fail: Callable[[Exception], None]) -> Callable[[Exception], None]:
         return lambda error: fail(self._counted(error))
@@ -224,25 +249,26 @@ class App:
                 self.check_room(channels)
                 transport(self, request, conn, channels)
 
-            transport = _TRANSPORT_NAMES[head]
-            self.authorize(request, "subscribe", channels, transport, _while_open(conn, subscribing), failing(conn))
+            then = self._while_open(conn, subscribing)
+            self.authorize(request, "subscribe", channels, _TRANSPORT_NAMES[head], then, failing(conn))
         elif head == "pub" and rest:
             _allow(method, "POST", "DELETE")
             self.check_origin(request)
             validate_channel(rest)
-            data = message_data(request) if method == "POST" else None  # (a bad body: 400 before asking)
 
             def publishing() -> None:
                 if method == "POST":
+                    data = message_data(request)
                     self.relay.publish(rest, data, lambda result: _answer_publish(conn, result), failing(conn))
                 else:
                     self.relay.delete(rest, lambda told: _answer_delete(conn, rest, told), failing(conn))
 
-            self.authorize(request, "publish", [rest], "http", _while_open(conn, publishing), failing(conn))
+            action = "publish" if method == "POST" else "delete"
+            self.authorize(request, action, [rest], "http", self._while_open(conn, publishing), failing(conn))
         elif head == "channels" and rest:
             _allow(method, "GET", "HEAD")
             validate_channel(rest)
-            answer = _while_open(conn, lambda: info.channel(self, conn, rest))
+            answer = self._while_open(conn, lambda: info.channel(self, conn, rest))
             self.authorize(request, "subscribe", [rest], "http", answer, failing(conn))
         elif request.path == "/metrics":
             _allow(method, "GET", "HEAD")
@@ -263,14 +289,12 @@ class App:
             raise HttpError(404, "not_found", f"no such resource: {request.path[:200]}")
 
 
-def _while_open(conn: HttpConnection, then: Callable[[], None]) -> Callable[[], None]:
-    """`then`, unless the client has gone meanwhile (an --auth-url check takes a while)."""
-
-    def go() -> None:
-        if not conn.closed:
-            then()
-
-    return go
+def _page_presented(name: bytes, value: bytes) -> bool:
+    """Whether a header is not a credential a browser attaches by itself (see `check_origin`)."""
+    lowered = name.lower()
+    if lowered == b"cookie":
+        return False
+    return lowered != b"authorization" or value[:7].lower() == b"bearer "
 
 
 def message_data(request: Request) -> JSONValue:
