@@ -251,3 +251,24 @@ def test_a_token_and_the_app_each_grant_their_channels(
     with httpx.Client(base_url=server.url, timeout=10) as client:
         assert client.get(f"/sub/{channel},bob-{channel}?timeout=0", headers=headers).status_code == 200
         assert backend.calls[-1]["body"]["channels"] == [f"bob-{channel}"]  # (the token granted the other)
+
+
+def test_a_stream_whose_check_ends_after_shutdown_began_is_refused_not_begun(
+    start_server: Callable[..., ServerProcess], backend: Backend, channel: str
+) -> None:
+    """SIGTERM while the app is being asked about an SSE stream: the answer comes during the
+    drain, and the stream is refused (503) instead of begun where nothing would end it."""
+    server = start_server("--auth-url", backend.url, "--auth-url-timeout", "5", "--shutdown-grace", "3")
+
+    async def scenario() -> tuple[int, float]:
+        sse = await Connection.open(server.host, server.port)
+        started = asyncio.ensure_future(sse.start_stream(f"/sse/{channel}", headers=cookie("slow-ann")))
+        await asyncio.to_thread(wait_until, lambda: len(backend.calls) == 1, 5, "the app to be asked")
+        took = await asyncio.to_thread(server.terminate)
+        status = (await started).status
+        sse.close()
+        return status, took
+
+    status, took = asyncio.run(scenario())
+    assert status == 503
+    assert took < 2.5  # (not the whole grace: nothing was left to drain)
