@@ -219,3 +219,30 @@ def test_deleting_the_channel_tells_tidings_js_which_one(
     detail = page.evaluate("window.closedWith")
     assert isinstance(detail, dict) and detail["channel"] == channel, detail  # alike on every transport
     page.context.close()
+
+
+@pytest.mark.parametrize("transport", ["longpoll", "sse", "ws"])
+def test_a_refused_page_says_so_and_does_not_retry(
+    browser: Browser, start_server: Callable[..., ServerProcess], channel: str, transport: str
+) -> None:
+    """With --auth-url and no session, the application refuses (401): the page says it is not
+    allowed instead of reconnecting for ever, on every transport (for a stream or a socket,
+    whose refusal a browser does not show, tidings.js asks with one long-poll)."""
+    from auth_app import Backend
+
+    backend = Backend()
+    try:
+        srv = start_server("--auth-url", backend.url)
+        page = browser.new_context().new_page()
+        page.goto(f"{srv.url}/?channel={channel}&transport={transport}")
+        page.wait_for_function("document.getElementById('status').dataset.state === 'refused'", timeout=WAIT_MS)
+        assert page.inner_text("#status") == "not allowed"
+        notices = "[...document.querySelectorAll('#conversation .notice')].map((e) => e.textContent).join()"
+        page.wait_for_function(f"({notices}).includes('unauthorized')", timeout=WAIT_MS)
+        asked = len(backend.calls)
+        assert asked <= 2  # (the transport's own question, and the long-poll's)
+        page.wait_for_timeout(1500)  # (longer than the first back-off: a retry would have asked again)
+        assert len(backend.calls) == asked
+        page.context.close()
+    finally:
+        backend.close()

@@ -53,6 +53,10 @@
       statusEl.textContent = state === "reconnecting" ? "reconnecting in " + Math.round(detail.in / 1000) + " s" : state;
     },
     onClose: function () { line("notice", [["span", "", "This channel was closed."]]); },
+    onRefused: function (refusal) {
+      statusEl.textContent = "not allowed";
+      line("notice", [["span", "", "Not allowed to read this channel: " + refusal.error + ": " + refusal.detail]]);
+    },
   });
 
   form.addEventListener("submit", function (event) {

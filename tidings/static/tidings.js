@@ -10,7 +10,10 @@
  *
  * `url` is the server's base URL ("" for the page's own origin). Every message is
  * {id, channel, data, time}. The client keeps its cursor and, after an error, reconnects
- * with growing back-off (1 s, 2 s, ... 30 s), resuming exactly where it left off.
+ * with growing back-off (1 s, 2 s, ... 30 s), resuming exactly where it left off. A refusal
+ * (401 or 403: no token, or not allowed) is not retried: the status becomes "refused" and
+ * `onRefused({error, detail})` is called. (A browser does not show why an EventSource or a
+ * WebSocket did not open, so when one does not, one long-poll with timeout=0 asks.)
  */
 (function (global) {
   "use strict";
@@ -63,6 +66,15 @@
       if (options.onGap) options.onGap(channelsMissed);
     }
 
+    function refused(response) {
+      return response.json().catch(function () { return {}; }).then(function (body) {
+        var detail = { error: body.error || "HTTP " + response.status, detail: body.detail || "" };
+        closed = true;
+        setStatus("refused", detail);
+        if (options.onRefused) options.onRefused(detail);
+      });
+    }
+
     function ended(detail) {
       closed = true;
       setStatus("closed", detail);
@@ -78,6 +90,7 @@
           if (response.status === 410) {
             return response.json().then(function (body) { ended({ channel: body.channel }); });
           }
+          if (response.status === 401 || response.status === 403) return refused(response);
           if (!response.ok) throw new Error("HTTP " + response.status);
           return response.json().then(function (body) {
             proven = true;
@@ -95,8 +108,19 @@
         });
     }
 
-    // Before a transport has ever connected, "auto" moves on to the next one at once.
+    // A stream or socket that did not open: refused (asked with one quick long-poll), or
+    // before a transport has ever connected, "auto" moves on to the next one at once.
     function failed(reason) {
+      fetch(withToken(url + "/sub/" + path + "?timeout=0", options.token), { cache: "no-store" })
+        .then(function (response) {
+          if (response.status === 401 || response.status === 403) return refused(response);
+          fallBack(reason);
+        })
+        .catch(function () { fallBack(reason); });
+    }
+
+    function fallBack(reason) {
+      if (closed) return;
       if (auto && !proven && mode < modes.length - 1) {
         mode += 1;
         connect();
