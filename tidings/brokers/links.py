@@ -160,9 +160,9 @@ class ZmqLink(Link):
 
 
 class UnixLink(Link, asyncio.Protocol):
-    """One connection to the sequencer's Unix socket, made again whenever it is lost (then every
-    subscription is sent again; what was published meanwhile comes back through the previous-id
-    check, as after a ZeroMQ reconnect)."""
+    """One connection to the sequencer's Unix socket, made again whenever it is lost: then every
+    subscription is sent again, and `changed(True)` has the broker read what each channel missed
+    from the history (`ZmqBroker._link_changed`)."""
 
     def __init__(self, path: str) -> None:
         self.path = self.where = path

@@ -245,9 +245,9 @@ class App:
             elif head == "ws":
                 self.check_origin(request)
 
-            def subscribing(transport: Callable[..., None] = subscribe) -> None:
+            def subscribing(begin: Callable[..., None] = subscribe) -> None:
                 self.check_room(channels)
-                transport(self, request, conn, channels)
+                begin(self, request, conn, channels)
 
             then = self._while_open(conn, subscribing)
             self.authorize(request, "subscribe", channels, _TRANSPORT_NAMES[head], then, failing(conn))
