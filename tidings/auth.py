@@ -20,6 +20,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from tidings.presence import Identity, user_name
 from tidings.web import params
 from tidings.web.http import HttpError, Request
 
@@ -32,6 +33,7 @@ class Grants:
     publish: tuple[str, ...]
     subscribe: tuple[str, ...]
     expires: float
+    who: Identity | None = None  # from the `sub` claim (and an `info` object claim)
 
     def allows(self, action: str, channel: str) -> bool:
         patterns = self.publish if action == "publish" else self.subscribe
@@ -52,6 +54,8 @@ class Auth:
         """Those of `channels` the request's token does not grant `action` on; raises 401 when
         there is no token, or it is bad. (Deleting is granted by the publish patterns.)"""
         grants = self.grants(token_of(request))
+        if request.identity is None:
+            request.identity = grants.who
         kind = "subscribe" if action == "subscribe" else "publish"
         return [name for name in channels if not grants.allows(kind, name)]
 
@@ -75,7 +79,9 @@ class Auth:
         spec = claims.get("tidings") or {}
         if not isinstance(spec, dict):
             raise HttpError(401, "invalid_token", "the tidings claim must be an object")
-        grants = Grants(_patterns(spec.get("publish")), _patterns(spec.get("subscribe")), float(claims["exp"]))
+        grants = Grants(
+            _patterns(spec.get("publish")), _patterns(spec.get("subscribe")), float(claims["exp"]), _identity(claims)
+        )
         if len(self.cache) >= CACHE_LIMIT:
             self.cache.clear()
         self.cache[token] = grants
@@ -106,6 +112,13 @@ def load_public_key(pem: str) -> tuple[Any, str]:
     if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
         return key, "ES256"
     raise ValueError("--auth-public-key: an RSA (RS256) or EC P-256 (ES256) public key is needed")
+
+
+def _identity(claims: dict[str, Any]) -> Identity | None:
+    user, info = user_name(claims.get("sub")), claims.get("info")
+    if user is None:
+        return None
+    return Identity(user, info if isinstance(info, dict) else None)
 
 
 def _patterns(value: object) -> tuple[str, ...]:

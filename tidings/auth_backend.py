@@ -34,7 +34,8 @@ from typing import Any
 from prometheus_client import Histogram
 
 from tidings.http_client import JsonPoster, UpstreamError
-from tidings.hub import JSONValue, encode_json
+from tidings.hub import encode_json
+from tidings.presence import Identity, user_name
 from tidings.web.http import HttpError, Request
 
 log = logging.getLogger("tidings.auth")
@@ -62,8 +63,7 @@ class Decision:
     expires: float  # time.monotonic()
     status: int = 200  # a refusal's: 401 or 403
     detail: str = ""
-    user: str | None = None
-    info: dict[str, JSONValue] | None = None
+    who: Identity | None = None  # the user the app named, for presence
 
     def refusal(self) -> HttpError:
         code = "unauthorized" if self.status == 401 else "forbidden"
@@ -121,6 +121,8 @@ class BackendAuth:
                 unknown.append(name)
             elif not decision.allowed:
                 raise decision.refusal()
+            elif request.identity is None:
+                request.identity = decision.who
         if not unknown:
             return True
         key = (digest, action, transport, tuple(unknown))
@@ -143,6 +145,8 @@ class BackendAuth:
                 if not decision.allowed:
                     refuse(decision.refusal())
                     return
+                if request.identity is None:
+                    request.identity = decision.who
             proceed()
 
         pending.add_done_callback(decided)
@@ -213,7 +217,7 @@ class BackendAuth:
             raise HttpError(503, "auth_unavailable", "the application's authorisation check answered nonsense")
         user, info, ttl, granted = spec.get("user"), spec.get("info"), spec.get("ttl", self.ttl), spec.get("channels")
         if (
-            (user is not None and not isinstance(user, str))
+            (user is not None and user_name(user) is None)
             or (info is not None and not isinstance(info, dict))
             or not isinstance(ttl, int | float)
             or isinstance(ttl, bool)
@@ -223,7 +227,7 @@ class BackendAuth:
             log.warning("--auth-url: %s answered 2xx with fields of the wrong types: %.200r", self.url, content)
             raise HttpError(503, "auth_unavailable", "the application's authorisation check answered nonsense")
         expires = now + min(max(float(ttl), 0.0), MAX_TTL)
-        allowed = Decision(True, expires, user=user, info=info)
+        allowed = Decision(True, expires, who=Identity(user, info) if user else None)
         decisions = {}
         for name in channels:
             if granted is None or name in granted:

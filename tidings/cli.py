@@ -46,6 +46,7 @@ _HELP = {
     "auth_url_headers": "the client's headers forwarded to --auth-url (comma-separated)",
     "auth_url_ttl": "seconds an --auth-url decision is remembered, unless its answer gives a ttl",
     "auth_url_timeout": "seconds to wait for --auth-url (then 503, refused)",
+    "presence_grace": "seconds a long-poll client counts as present after its poll ended (join/leave)",
     "cors_origin": "origins whose pages may use this server (comma-separated, or *)",
     "forwarded_allow_ips": "proxy addresses/networks whose X-Forwarded-For/-Proto are believed (comma-separated, or *)",
     "max_connections": "open connections at most (beyond: 503 and close; 0: no limit)",

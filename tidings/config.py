@@ -33,6 +33,7 @@ class Settings:
     auth_url_headers: str = "cookie,authorization"  # the client's headers forwarded to it
     auth_url_ttl: float = 5.0  # seconds a decision is remembered unless the answer says otherwise
     auth_url_timeout: float = 2.0  # seconds to wait for its answer (then 503)
+    presence_grace: float = 10.0  # seconds a long-poll client stays present after its poll ended
     cors_origin: str = ""  # origins allowed cross-origin (comma-separated, or *); none by default
     forwarded_allow_ips: str = ""  # reverse proxies whose X-Forwarded-For/-Proto are believed
     max_connections: int = 0  # 0: no limit but the process's file descriptors

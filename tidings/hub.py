@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple, Protocol
 
 from tidings.errors import BuffersFull, InvalidChannel, InvalidCursor, TooManyChannels
+from tidings.presence import Presence
 
 JSONValue = Any
 """A value that `json.dumps` accepts."""
@@ -419,6 +420,7 @@ class Hub:
         buffers_are_cache: bool = False,
         max_channels: int = 0,
         max_buffered_bytes: int = 0,
+        presence_grace: float = 10.0,
     ) -> None:
         if buffer_size < 1:
             raise ValueError("buffer_size must be at least 1")
@@ -442,6 +444,8 @@ class Hub:
         # Reclaimed channels that had messages: their last id, so that ids continue
         # above it and a cursor at it is known to have missed nothing.
         self.tombstones: dict[str, MessageId] = {}
+        # Who is subscribed (users, for presence): told by the transports, kept beside the channels.
+        self.presence = Presence(int(presence_grace * 1000))
 
     @property
     def buffered_bytes(self) -> int:
@@ -752,6 +756,7 @@ class Hub:
         """Expire old messages and reclaim channels left with no messages and no
         subscribers; a cache over a cap gives back what it holds (see `_shed_cache`).
         Returns how many channels were reclaimed."""
+        self.presence.expire(now_ms)
         idle = []
         ttl_ms = self.ttl_ms
         for ch in self.channels.values():

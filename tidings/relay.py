@@ -25,6 +25,7 @@ from prometheus_client import Histogram
 from tidings.brokers import Broker, NumberingBus
 from tidings.errors import BrokerFailed, BrokerUnavailable, OverCapacity, TidingsError
 from tidings.hub import DEFAULT_BATCH, Batch, ChannelInfo, Cursor, JSONValue, Published, wall_clock_ms
+from tidings.presence import EMPTY_VIEW, RemoteView
 
 log = logging.getLogger("tidings")
 T = TypeVar("T")
@@ -32,6 +33,7 @@ Fail = Callable[[Exception], None]
 
 # What a broker call raises as an answer (the caller is told), not as a bug.
 REFUSALS = (BrokerUnavailable, OverCapacity)
+PRESENCE_BATCH = 100  # channels per question about presence elsewhere
 
 
 class Requester(Protocol):
@@ -65,6 +67,7 @@ class Relay:
         self.loop = loop
         self.stats = PublishStats()
         self.tasks: set[asyncio.Future[Any]] = set()  # broker calls under way (shutdown waits for them)
+        self._refreshing = False  # a `refresh_presence` under way
 
     def publish(self, channel: str, data: JSONValue, answer: Callable[[Published], None], fail: Fail) -> None:
         """Publish to every process on the bus (`channel` and the size of `data` are checked already)."""
@@ -113,6 +116,44 @@ class Relay:
             self._when_done(self.bus.info(channel, wall_clock_ms()), answer, fail)
         else:
             answer(self.hub.info(channel, wall_clock_ms()))
+
+    def presence(self, channel: str, answer: Callable[[RemoteView], None], fail: Fail) -> None:
+        """Who the other processes on the bus hold on `channel` (nobody, without a bus)."""
+        if self.bus is not None:
+            self._when_done(
+                self.bus.presence_elsewhere([channel]), lambda views: answer(views.get(channel, EMPTY_VIEW)), fail
+            )
+        else:
+            answer(EMPTY_VIEW)
+
+    def refresh_presence(self) -> None:
+        """Bring the other processes' presence on the channels listened to here up to date, so
+        that their joins and leaves reach this process's listeners (the server's sweep calls
+        this each second; one question at a time)."""
+        bus = self.bus
+        if bus is None or self._refreshing:
+            return
+        presence = self.hub.presence
+        listened = presence.listened()
+        if not listened:
+            return
+        self._refreshing = True
+
+        async def refresh() -> None:
+            try:
+                for start in range(0, len(listened), PRESENCE_BATCH):
+                    batch = listened[start : start + PRESENCE_BATCH]
+                    views = await bus.presence_elsewhere(batch)
+                    for name in batch:
+                        presence.set_remote(name, views.get(name, EMPTY_VIEW))
+            except BrokerUnavailable as exc:
+                log.debug("presence elsewhere not known: %s", exc)
+            except Exception:
+                log.exception("reading presence through the broker failed")
+            finally:
+                self._refreshing = False
+
+        self._spawn(refresh())
 
     def read(
         self,

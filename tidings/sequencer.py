@@ -4,7 +4,8 @@ and fans it out to the Tidings processes, so that a cursor means the same in eve
 `tidings zmq-proxy` runs it. Three ZeroMQ sockets, all bound here (and a Unix socket, below):
 
 - `requests` (ROUTER): what Tidings processes ask (`ZmqBroker`, tidings/brokers/zmq.py):
-  publish, history, info, delete, probe, report. Each request is one frame of fields
+  publish, history, info, delete, probe, report; and presence: `here` (a process's, replacing
+  its last) and `who` (the others', for some channels). Each request is one frame of fields
   ``op ref deadline *args`` (`deadline`: wall-clock ms after which the asker has given up, so the
   request is dropped) and each answer ``ref ok *results`` or ``ref err code detail``. The
   requests a process makes in one loop turn travel as one message of such frames, and their
@@ -353,6 +354,8 @@ class Sequencer:
         self.peers: set[LocalPeer] = set()
         # Per process: its subscriber counts by channel, and when it last reported them.
         self.counts: dict[bytes, tuple[float, dict[str, int]]] = {}
+        # Per process: who its subscribers are, by channel (`Presence.report`), and since when.
+        self.presence: dict[bytes, tuple[float, dict[str, Any]]] = {}
         # Per external publisher and channel: its last sequence number.
         self.seen: dict[tuple[bytes, str], int] = {}
         self.published = 0
@@ -566,6 +569,24 @@ class Sequencer:
             node, counts = unpack(args, 2)
             self.counts[node] = (time.monotonic(), json.loads(counts))
             return []
+        if op == b"here":
+            node, report = unpack(args, 2)
+            held = json.loads(report)
+            if not isinstance(held, dict):
+                raise ValueError("a presence report is a JSON object")
+            self.presence[node] = (time.monotonic(), held)
+            return []
+        if op == b"who":
+            node, names = unpack(args, 2)
+            wanted = json.loads(names)
+            if not isinstance(wanted, list):
+                raise ValueError("who asks about a list of channels")
+            views = {
+                name: [held[name] for other, (_, held) in self.presence.items() if other != node and name in held]
+                for name in wanted
+                if isinstance(name, str)
+            }
+            return [encode_json(views)]
         raise ValueError(f"unknown request {op[:20]!r}")
 
     def _subscribers(self, channel: str, node: bytes, own: int) -> int:
@@ -579,6 +600,8 @@ class Sequencer:
         now = time.monotonic()
         for gone in [name for name, (at, _) in self.counts.items() if now - at > NODE_TTL]:
             del self.counts[gone]
+        for gone in [name for name, (at, _) in self.presence.items() if now - at > NODE_TTL]:
+            del self.presence[gone]
 
     def stats(self) -> dict[str, JSONValue]:
         return {"published": self.published, "channels": len(self.hub.channels), "processes": len(self.counts)}

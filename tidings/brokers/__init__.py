@@ -43,6 +43,7 @@ def _hub(settings: Settings, broker: type[Broker]) -> Hub:
         buffers_are_cache=broker.keeps_history,
         max_channels=settings.max_channels,
         max_buffered_bytes=settings.max_buffered_bytes,
+        presence_grace=settings.presence_grace,
     )
 
 

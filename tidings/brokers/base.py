@@ -18,6 +18,7 @@ import json
 from abc import ABC, abstractmethod
 
 from tidings.hub import ChannelInfo, Cursor, Hub, JSONValue, Published
+from tidings.presence import RemoteView
 
 
 async def cancel_all(tasks: list[asyncio.Task[None]]) -> None:
@@ -95,3 +96,8 @@ class NumberingBus(Broker, ABC):
     @abstractmethod
     def info(self, channel: str, now_ms: int) -> asyncio.Future[ChannelInfo]:
         """A channel's subscribers over every process, its buffered count and last id."""
+
+    @abstractmethod
+    def presence_elsewhere(self, channels: list[str]) -> asyncio.Future[dict[str, RemoteView]]:
+        """Who the other processes hold on `channels`, as they last reported (each reports its
+        `Presence.report` every second or two): a view per channel held anywhere else."""

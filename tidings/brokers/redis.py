@@ -49,6 +49,7 @@ from tidings.hub import (
     validate_channel,
     wall_clock_ms,
 )
+from tidings.presence import RemoteView, merge_reports
 
 log = logging.getLogger("tidings.redis")
 
@@ -113,6 +114,25 @@ for i = 1, #info, 2 do fields[info[i]] = info[i + 1] end
 local entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])
 return {entries, epoch, string.format('%d', now), 1, fields['length'], fields['entries-added'],
         fields['recorded-first-entry-id'], fields['last-generated-id']}
+"""
+
+# Other processes' presence reports (`Presence.report`, one JSON per channel in a hash per
+# process, which expires with its counts) on some channels: a flat list of channel, report pairs.
+# KEYS: nodes. ARGV: presence key prefix, own node, channels...
+_PRESENCE = """
+local out = {}
+for _, node in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if node ~= ARGV[2] then
+    local values = redis.call('HMGET', ARGV[1] .. node, unpack(ARGV, 3))
+    for i, value in ipairs(values) do
+      if value then
+        out[#out + 1] = ARGV[i + 2]
+        out[#out + 1] = value
+      end
+    end
+  end
+end
+return out
 """
 
 # KEYS: history, nodes. ARGV: node_prefix, channel, own node, own count.
@@ -207,11 +227,13 @@ class RedisStore:
         )
         self.nodes_key = prefix + "nodes"
         self.node_prefix = prefix + "node:"
+        self.presence_prefix = prefix + "presence:"
         self.epoch_key = prefix + "epoch"
         self._publish = self.client.register_script(_PUBLISH)
         self._history = self.client.register_script(_HISTORY)
         self._info = self.client.register_script(_INFO)
         self._delete = self.client.register_script(_DELETE)
+        self._presence = self.client.register_script(_PRESENCE)
 
     def topic(self, channel: str) -> str:
         return self.prefix + channel
@@ -263,24 +285,39 @@ class RedisStore:
         )
         return bool(existed), int(told)
 
-    async def report(self, node: str, counts: dict[str, int]) -> None:
-        """This process's subscriber counts, replacing its previous report."""
+    async def report(self, node: str, counts: dict[str, int], held: dict[str, Any]) -> None:
+        """This process's subscriber counts and presence (`Presence.report`), replacing its
+        previous report."""
         key = self.node_prefix + node
+        presence_key = self.presence_prefix + node
         try:
             async with self.client.pipeline(transaction=True) as pipe:
-                pipe.delete(key)
+                pipe.delete(key, presence_key)
                 if counts:
                     pipe.hset(key, mapping=counts)  # type: ignore[arg-type]
                     pipe.pexpire(key, REPORT_TTL_MS)
+                if held:
+                    pipe.hset(presence_key, mapping={name: encode_json(view) for name, view in held.items()})
+                    pipe.pexpire(presence_key, REPORT_TTL_MS)
+                if counts or held:
                     pipe.sadd(self.nodes_key, node)
                 await pipe.execute()
                 # Forget processes whose counts expired (crashed or idle).
                 for member in await self.client.smembers(self.nodes_key):
                     name = member.decode() if isinstance(member, bytes) else member
-                    if not await self.client.exists(self.node_prefix + name):
+                    if not await self.client.exists(self.node_prefix + name, self.presence_prefix + name):
                         await self.client.srem(self.nodes_key, member)
         except RedisError as exc:
             raise BrokerUnavailable(f"redis: {exc}") from None
+
+    async def presence(self, node: str, channels: list[str]) -> dict[str, list[dict[str, Any]]]:
+        """The other processes' presence reports on `channels`, per channel."""
+        pairs = await self._call(self._presence, [self.nodes_key], [self.presence_prefix, node, *channels])
+        reports: dict[str, list[dict[str, Any]]] = {}
+        for index in range(0, len(pairs), 2):
+            name = pairs[index].decode() if isinstance(pairs[index], bytes) else pairs[index]
+            reports.setdefault(name, []).append(json.loads(pairs[index + 1]))
+        return reports
 
     async def _call(self, script: Any, keys: Sequence[str], args: Sequence[object]) -> Any:
         try:
@@ -325,7 +362,9 @@ class RedisBroker(NumberingBus):
             await cancel_all(self._tasks)
             with contextlib.suppress(RedisError):
                 await self.store.client.srem(self.store.nodes_key, self.node)
-                await self.store.client.delete(self.store.node_prefix + self.node)
+                await self.store.client.delete(
+                    self.store.node_prefix + self.node, self.store.presence_prefix + self.node
+                )
         await self.store.close()
 
     # -- publishing
@@ -342,6 +381,13 @@ class RedisBroker(NumberingBus):
 
     def info(self, channel: str, now_ms: int) -> asyncio.Future[ChannelInfo]:
         return asyncio.ensure_future(self._info(channel, now_ms))
+
+    def presence_elsewhere(self, channels: list[str]) -> asyncio.Future[dict[str, RemoteView]]:
+        return asyncio.ensure_future(self._presence_elsewhere(channels))
+
+    async def _presence_elsewhere(self, channels: list[str]) -> dict[str, RemoteView]:
+        reports = await self.store.presence(self.node, channels)
+        return {name: merge_reports(held) for name, held in reports.items()}
 
     async def _publish(self, channel: str, data: JSONValue) -> Published:
         # This process delivers its own message when it comes back on the subscription, in
@@ -483,6 +529,6 @@ class RedisBroker(NumberingBus):
             await asyncio.sleep(REPORT_INTERVAL if self.subscribed else 0.5)
             counts = {name: ch.subscribers for name, ch in self.hub.channels.items() if ch.subscribers}
             try:
-                await self.store.report(self.node, counts)
+                await self.store.report(self.node, counts, self.hub.presence.report())
             except BrokerUnavailable as exc:
                 log.debug("subscriber counts not reported: %s", exc)

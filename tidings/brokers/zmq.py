@@ -41,6 +41,7 @@ from tidings.hub import (
     encode_json,
     wall_clock_ms,
 )
+from tidings.presence import RemoteView, merge_reports
 from tidings.sequencer import CONTROL, HEARTBEAT, SEP, WIRE_VERSION, pack, parse_id
 
 log = logging.getLogger("tidings.zmq")
@@ -237,11 +238,23 @@ class ZmqBroker(NumberingBus):
         return self._request(b"info", (channel.encode(), self.node, self._own_count(channel)), info)
 
     async def _report(self) -> None:
+        told_presence = False
         while True:
             await asyncio.sleep(REPORT_INTERVAL)
             counts = {name: ch.subscribers for name, ch in self.hub.channels.items() if ch.subscribers}
+            held = self.hub.presence.report()
             with contextlib.suppress(BrokerUnavailable):
                 await self._ask(b"report", self.node, json.dumps(counts).encode())
+                if held or told_presence:  # (once more when it empties: the sequencer forgets)
+                    await self._ask(b"here", self.node, encode_json(held))
+                    told_presence = bool(held)
+
+    def presence_elsewhere(self, channels: list[str]) -> asyncio.Future[dict[str, RemoteView]]:
+        def views(fields: list[bytes]) -> dict[str, RemoteView]:
+            reports = json.loads(fields[0])
+            return {name: merge_reports(held) for name, held in reports.items() if held}
+
+        return self._request(b"who", (self.node, encode_json(channels)), views)
 
     # -- history
 

@@ -6,20 +6,22 @@ it, and only the server imports it)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from urllib.parse import parse_qsl
 
-from tidings.auth import Auth, PublicChannels
+from tidings.auth import Auth, PublicChannels, token_of
 from tidings.auth_backend import BackendAuth
 from tidings.brokers import Broker
 from tidings.config import Settings
 from tidings.errors import TidingsError
 from tidings.hub import JSONValue, Published, encode_json, parse_channels, validate_channel, wall_clock_ms
+from tidings.presence import Identity, user_name
 from tidings.relay import Relay
-from tidings.web import info, longpoll, metrics, openapi, sse, static, stream, websocket
+from tidings.web import info, longpoll, metrics, openapi, params, sse, static, stream, websocket
 from tidings.web.errors import failing, http_error
 from tidings.web.forwarded import ForwardedHeaders
 from tidings.web.http import HttpConnection, HttpError, Limits, Request, TurnBatcher
@@ -92,6 +94,7 @@ class App:
 
     def _sweep(self) -> None:
         self.hub.sweep(wall_clock_ms())
+        self.relay.refresh_presence()
         self._sweeper = self.loop.call_later(1.0, self._sweep)
 
     def stop(self) -> None:
@@ -162,6 +165,8 @@ class App:
     ) -> None:
         # The order: public channels need nothing; then the token, checked here; then, for the
         # channels no token grants, the application (--auth-url). Either may grant.
+        if action == "subscribe" and request.identity is None:
+            self._identify(request)
         needed = self.public.guarded(action, channels)
         if not needed or (self.auth is None and self.backend is None):
             proceed()
@@ -187,6 +192,22 @@ class App:
             raise self._counted(exc) from None
         if allowed:
             proceed()
+
+    def _identify(self, request: Request) -> None:
+        """Who a subscriber is, for presence, before any check names them (a public channel
+        needs none): a valid token's subject; on a server with no authentication at all, the
+        name the client gives itself (`?user=`: unverified, as anyone may publish as anyone
+        there; elsewhere ignored, but a malformed one is a 400 everywhere)."""
+        given = params.query(request).get("user")
+        if given is not None and user_name(given) is None:
+            raise HttpError(400, "invalid_parameter", "user is 1-128 characters, none of them a control character")
+        if self.auth is not None:
+            token = token_of(request)
+            if token:
+                with contextlib.suppress(HttpError):
+                    request.identity = self.auth.grants(token).who
+        elif self.backend is None and given is not None:
+            request.identity = Identity(given, verified=False)
 
     def _ungranted_by_token(self, request: Request, action: str, channels: list[str]) -> list[str]:
         """What the request's token leaves to the application; without --auth-url to ask, a
@@ -267,9 +288,15 @@ class App:
             self.authorize(request, action, [rest], "http", self._while_open(conn, publishing), failing(conn))
         elif head == "channels" and rest:
             _allow(method, "GET", "HEAD")
-            validate_channel(rest)
-            answer = self._while_open(conn, lambda: info.channel(self, conn, rest))
-            self.authorize(request, "subscribe", [rest], "http", answer, failing(conn))
+            name, _, what = rest.partition("/")
+            validate_channel(name)
+            if what == "presence":
+                answer = self._while_open(conn, lambda: info.presence(self, request, conn, name))
+            elif not what:
+                answer = self._while_open(conn, lambda: info.channel(self, conn, name))
+            else:
+                raise HttpError(404, "not_found", f"no such resource: {request.path[:200]}")
+            self.authorize(request, "subscribe", [name], "http", answer, failing(conn))
         elif request.path == "/metrics":
             _allow(method, "GET", "HEAD")
             if self.siblings is None:

@@ -21,6 +21,7 @@ from urllib.parse import unquote
 import httptools
 
 from tidings.errors import TidingsError
+from tidings.presence import Identity
 from tidings.web.deadline import Deadline
 from tidings.web.h1 import (
     JSON_TYPE,
@@ -53,6 +54,7 @@ class Request:
         "body",
         "client",
         "http11",
+        "identity",
         "keep_alive",
         "method",
         "path",
@@ -85,6 +87,7 @@ class Request:
         # proxy says otherwise (tidings.web.forwarded).
         self.client = client
         self.scheme = "http"
+        self.identity: Identity | None = None  # who the client is, once authorised (presence)
 
     def header(self, name: bytes) -> str:
         """One header's value ("" when absent) without decoding the others; `name` lower-case."""

@@ -1,4 +1,4 @@
-"""GET /channels/{channel} and GET /healthz."""
+"""GET /channels/{channel}, GET /channels/{channel}/presence and GET /healthz."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import os
 from typing import TYPE_CHECKING
 
 from tidings.hub import ChannelInfo, JSONValue, encode_json, validate_channel
+from tidings.presence import MAX_LISTED, RemoteView
+from tidings.web import params
 from tidings.web.errors import failing
-from tidings.web.http import HttpConnection
+from tidings.web.http import HttpConnection, Request
 
 if TYPE_CHECKING:
     from tidings.web.types import Services
@@ -26,6 +28,20 @@ def _answer_info(conn: HttpConnection, info: ChannelInfo) -> None:
         "last_id": str(info.last_id),
     }
     conn.respond(200, encode_json(body))
+
+
+def presence(app: Services, request: Request, conn: HttpConnection, name: str) -> None:
+    """Who is on channel `name`, over every process (others as they last reported), and who
+    asks (`you`: their user, whether the server vouches for it, or null)."""
+    limit = params.count(params.query(request), "limit", MAX_LISTED)
+    you = request.identity
+
+    def answer(remote: RemoteView) -> None:
+        body = app.hub.presence.view(name, remote, limit)
+        body["you"] = {"user": you.user, "info": you.info, "verified": you.verified} if you is not None else None
+        conn.respond(200, encode_json(body))
+
+    app.relay.presence(name, answer, failing(conn))
 
 
 def health_figures(app: Services) -> dict[str, JSONValue]:

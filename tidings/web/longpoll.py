@@ -4,10 +4,11 @@ timeout, the channel's deletion or the client's departure."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tidings.errors import OverCapacity
-from tidings.hub import Batch, Message, MessageId, already_seen, cursor_token
+from tidings.hub import Batch, Message, MessageId, already_seen, cursor_token, encode_json, wall_clock_ms
+from tidings.presence import LONGPOLL, Identity, event_fields
 from tidings.web import params
 from tidings.web.errors import failing, http_error
 from tidings.web.h1 import error_body, shared_answer
@@ -17,13 +18,17 @@ if TYPE_CHECKING:
     from tidings.web.types import Services
 
 
-def poll_body(messages: list[Message], token: str, gap: bool = False) -> bytes:
-    """Every long-poll answer: the messages, the cursor to send next, whether some were missed."""
-    return b'{"messages":[%s],"last_id":"%s","gap":%s}' % (
+def poll_body(messages: list[Message], token: str, gap: bool = False, events: list[bytes] | None = None) -> bytes:
+    """Every long-poll answer: the messages, the cursor to send next, whether some were missed,
+    and presence events (`join`/`leave`) for a poll that asked for them."""
+    body = b'{"messages":[%s],"last_id":"%s","gap":%s' % (
         b",".join(m.json for m in messages),
         token.encode(),
         b"true" if gap else b"false",
     )
+    if events:
+        return body + b',"events":[%s]}' % b",".join(events)
+    return body + b"}"
 
 
 def _one_message_answer(message: Message) -> bytes:
@@ -36,22 +41,28 @@ def answer(
     messages: list[Message],
     positions: dict[str, MessageId],
     gap: bool = False,
+    events: list[bytes] | None = None,
 ) -> None:
     if (
         len(messages) == 1
         and len(channels) == 1
         and gap == messages[0].after_loss
+        and not events
         and conn.keep_alive
         and not conn.response_headers  # per-request headers (CORS) cannot go into shared bytes
     ):
         # The common answer after a fan-out, built once and shared by every subscriber of the channel.
         conn.respond_shared(messages[0].frame("longpoll", _one_message_answer))
     else:
-        conn.respond(200, poll_body(messages, cursor_token(channels, positions), gap))
+        conn.respond(200, poll_body(messages, cursor_token(channels, positions), gap, events))
 
 
 class LongPoll:
-    __slots__ = ("app", "channels", "conn", "positions", "timeout_key", "woken_by")
+    """A held long-poll: a waiter in the hub, present on its channels (see `tidings.presence`:
+    it lingers after its answer), and, if it asked, a presence listener answered by a join or
+    leave as by a message."""
+
+    __slots__ = ("app", "channels", "conn", "events", "positions", "present", "timeout_key", "who", "woken_by")
 
     transport = "longpoll"
 
@@ -62,6 +73,7 @@ class LongPoll:
         channels: tuple[str, ...],
         positions: dict[str, MessageId],
         timeout: float,
+        who: Identity | None,
     ) -> None:
         self.app = app
         self.conn = conn
@@ -69,12 +81,27 @@ class LongPoll:
         self.positions = positions
         self.timeout_key: int | None = app.timeouts.add(self, timeout)
         self.woken_by: Message | None = None
+        self.who = who
+        self.present = False  # counted in presence (and listening, if it asked)
+        self.events: list[bytes] | None = None  # presence events to answer with
+
+    def arrive(self, listen: bool) -> None:
+        presence = self.app.hub.presence
+        presence.arrive(self.channels, self.who, LONGPOLL, wall_clock_ms())
+        if listen:
+            presence.listen(self.channels, self)
+        self.present = True
 
     def _leave(self) -> None:
         if self.timeout_key is not None:
             self.app.timeouts.remove(self, self.timeout_key)
             self.timeout_key = None
-        self.app.hub.unwait(self.channels, self)
+        hub = self.app.hub
+        hub.unwait(self.channels, self)
+        if self.present:
+            self.present = False
+            hub.presence.depart(self.channels, self.who, LONGPOLL, wall_clock_ms())
+            hub.presence.unlisten(self.channels, self)
 
     def wake(self, message: Message) -> bool:
         if already_seen(message, self.positions):
@@ -82,15 +109,29 @@ class LongPoll:
         # Leave every channel now (one message per answer, nothing twice); write at the end
         # of the loop turn, after the publisher has had its answer.
         self._leave()
+        if self.events is None:
+            self.app.batcher.schedule(self)
         self.woken_by = message
-        self.app.batcher.schedule(self)
         return True
+
+    def presence_event(self, event: str, channel: str, user: str, info: dict[str, Any] | None) -> None:
+        # Answered at the end of the loop turn, with whatever else happens in it.
+        if self.events is None:
+            self.events = []
+            if self.woken_by is None:
+                self.app.batcher.schedule(self)
+        self.events.append(encode_json({"event": event, **event_fields(channel, user, info)}))
 
     def flush(self) -> None:
         message, self.woken_by = self.woken_by, None
+        events, self.events = self.events, None
+        if message is None:
+            self._leave()  # (a message's `wake` has left already)
         if message is not None:
             self.positions[message.channel] = message.id
-            answer(self.conn, self.channels, [message], self.positions, message.after_loss)
+            answer(self.conn, self.channels, [message], self.positions, message.after_loss, events)
+        elif events is not None:
+            answer(self.conn, self.channels, [], self.positions, False, events)
 
     def channel_closed(self, channel: str) -> None:
         self._leave()
@@ -105,7 +146,7 @@ class LongPoll:
         self._answer_empty()
 
     def shutdown(self) -> None:
-        if self.woken_by is not None:
+        if self.woken_by is not None or self.events is not None:
             self.flush()
         else:
             self._answer_empty()
@@ -118,20 +159,24 @@ def subscribe(app: Services, request: Request, conn: HttpConnection, channels: t
     query = params.query(request)
     cursor = params.cursor(query, "last_id")
     timeout = params.seconds(query, "timeout", app.settings.poll_timeout, app.settings.max_poll_timeout)
+    listen = params.flag(query, "presence")
+    who = request.identity
 
     def answer_or_wait(batch: Batch) -> None:
         if batch.gaps:
             app.stats.gaps_served += 1
         if batch.messages or batch.gaps or timeout == 0 or conn.stopping:
+            app.hub.presence.polled(channels, who, wall_clock_ms())
             answer(conn, channels, batch.messages, batch.positions, bool(batch.gaps))
             return
-        waiter = LongPoll(app, conn, channels, batch.positions, timeout)
+        waiter = LongPoll(app, conn, channels, batch.positions, timeout, who)
         try:
             app.hub.wait(channels, waiter)  # (a long-poll answered at once holds no channel)
         except OverCapacity as exc:
             waiter.release()
             conn.respond_error(http_error(exc))
             return
+        waiter.arrive(listen)
         conn.hold(waiter)
 
     app.relay.read(conn, channels, cursor, answer_or_wait, failing(conn))

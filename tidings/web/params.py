@@ -68,3 +68,23 @@ def seconds(params: Mapping[str, str], name: str, default: float, maximum: float
     if not value >= 0:  # (also NaN)
         raise HttpError(400, "invalid_parameter", f"{name} must be a number of seconds, 0 or more")
     return min(value, maximum)
+
+
+def flag(params: Mapping[str, str], name: str) -> bool:
+    """A yes/no parameter: 1, true, yes or bare (`?presence`); 0, false, no or absent."""
+    text = params.get(name)
+    if text is None or text in ("0", "false", "no"):
+        return False
+    if text in ("1", "true", "yes", ""):
+        return True
+    raise HttpError(400, "invalid_parameter", f"{name} must be 1 or 0")
+
+
+def count(params: Mapping[str, str], name: str, maximum: int) -> int:
+    """A whole number from 0 to `maximum` (the default when absent)."""
+    text = params.get(name)
+    if text is None:
+        return maximum
+    if not (text.isascii() and text.isdigit()) or len(text) > 12 or int(text) > maximum:
+        raise HttpError(400, "invalid_parameter", f"{name} must be a whole number from 0 to {maximum}")
+    return int(text)

@@ -19,5 +19,6 @@ if TYPE_CHECKING:
 def subscribe(app: Services, request: Request, conn: HttpConnection, channels: tuple[str, ...]) -> None:
     query = params.query(request)
     cursor = params.cursor(query, "last_event_id", "last_id", header=b"last-event-id", request=request)
-    stream = Stream(app, conn, channels, SSE)
-    app.relay.read(conn, channels, cursor, stream.begin, failing(conn), limit=None)
+    listen = params.flag(query, "presence")
+    stream = Stream(app, conn, channels, SSE, who=request.identity)
+    app.relay.read(conn, channels, cursor, lambda batch: stream.begin(batch, listen), failing(conn), limit=None)

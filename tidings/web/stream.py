@@ -27,5 +27,6 @@ def subscribe(app: Services, request: Request, conn: HttpConnection, channels: t
     else:
         raise HttpError(400, "invalid_parameter", "format must be ndjson or html")
     cursor = params.cursor(query, "last_id")
-    stream = Stream(app, conn, channels, fmt)
-    app.relay.read(conn, channels, cursor, stream.begin, failing(conn), limit=None)
+    listen = params.flag(query, "presence")
+    stream = Stream(app, conn, channels, fmt, who=request.identity)
+    app.relay.read(conn, channels, cursor, lambda batch: stream.begin(batch, listen), failing(conn), limit=None)

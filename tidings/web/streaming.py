@@ -18,11 +18,12 @@ from __future__ import annotations
 import html
 import json
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from websockets.frames import Frame, Opcode
 
-from tidings.hub import ZERO_ID, Batch, Message, MessageId, already_seen, cursor_token, encode_json
+from tidings.hub import ZERO_ID, Batch, Message, MessageId, already_seen, cursor_token, encode_json, wall_clock_ms
+from tidings.presence import Identity, event_fields
 from tidings.web.h1 import chunk
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ class StreamFormat:
 
     key = ""  # names this format's cached framing on a Message
     transport = ""  # what /metrics counts its connections as
+    name = ""  # the transport, as presence (and --auth-url) names it
     content_type = b""
     heartbeat = b""
 
@@ -97,10 +99,13 @@ class Stream:
         "conn",
         "ends",
         "fmt",
+        "listening",
         "pending",
         "positions",
+        "present",
         "registry",
         "seen_to",
+        "who",
     )
 
     def __init__(
@@ -110,8 +115,12 @@ class Stream:
         channels: tuple[str, ...],
         fmt: StreamFormat,
         ends: StreamEnds = HTTP_ENDS,
+        who: Identity | None = None,
     ) -> None:
         self.registry = app.streams
+        self.who = who  # the client's user, for presence
+        self.present = False  # counted in presence on `channels`
+        self.listening: set[str] = set()  # channels it hears join/leave on
         self.ends = ends
         self.app = app
         self.conn = conn
@@ -147,9 +156,12 @@ class Stream:
         self.positions[message.channel] = message.id
         return self._framed(self.fmt.message_with_cursor(message, cursor_token(self.channels, self.positions)))
 
-    def begin(self, batch: Batch) -> None:
-        """Send the headers, any gap and the backlog after the client's cursor, and join the hub."""
+    def begin(self, batch: Batch, listen: bool = False) -> None:
+        """Send the headers, any gap and the backlog after the client's cursor, and join the hub
+        (and presence; with `listen`, its join/leave events follow)."""
         self.app.hub.join(self.channels, self)  # first: past --max-channels it raises, nothing sent
+        self.present = True
+        self._arrive(self.channels, listen)
         self.chunked = False  # the backlog goes out unframed, as the stream's preamble
         backlog = self.catch_up(self.channels, batch)
         self.conn.start_stream(self.fmt.content_type, preamble=self.fmt.preamble() + b"".join(backlog))
@@ -172,10 +184,11 @@ class Stream:
         self.seen_to = {**self.seen_to, **batch.positions}
         return frames
 
-    def add_channels(self, channels: tuple[str, ...], batch: Batch) -> None:
+    def add_channels(self, channels: tuple[str, ...], batch: Batch, listen: bool = False) -> None:
         """Take on `channels` while streaming: `batch` (read after the client's cursor on
         them) goes out as `catch_up` frames it, then what comes live."""
         self.app.hub.join(channels, self)  # first: past --max-channels it raises, nothing changed
+        self._arrive(channels, listen)
         self._set_channels(tuple(dict.fromkeys(self.channels + channels)))
         for frame in self.catch_up(channels, batch):
             self._queue(frame)
@@ -183,9 +196,28 @@ class Stream:
     def remove_channels(self, channels: Iterable[str]) -> None:
         gone = [name for name in channels if name in self.channels]
         self.app.hub.leave(gone, self)
+        if self.present:
+            self._depart(gone)
         self._set_channels(tuple(name for name in self.channels if name not in gone))
         for name in gone:
             self.positions.pop(name, None)
+
+    def _arrive(self, channels: tuple[str, ...], listen: bool) -> None:
+        presence = self.app.hub.presence
+        presence.arrive(channels, self.who, self.fmt.name, wall_clock_ms())
+        if listen:
+            presence.listen(channels, self)
+            self.listening.update(channels)
+
+    def _depart(self, channels: list[str] | tuple[str, ...]) -> None:
+        presence = self.app.hub.presence
+        presence.depart(channels, self.who, self.fmt.name, wall_clock_ms())
+        if self.listening:
+            presence.unlisten(channels, self)
+            self.listening.difference_update(channels)
+
+    def presence_event(self, event: str, channel: str, user: str, info: dict[str, Any] | None) -> None:
+        self.push(self.fmt.event(event, event_fields(channel, user, info)))
 
     def _framed(self, data: bytes) -> bytes:
         return chunk(data) if self.chunked else data
@@ -252,6 +284,9 @@ class Stream:
 
     def _leave(self) -> None:
         self.app.hub.leave(self.channels, self)
+        if self.present:
+            self.present = False
+            self._depart(self.channels)
         self.registry.remove(self)
         self.pending.clear()
 
@@ -260,7 +295,7 @@ class Stream:
 
 
 class SSEFormat(StreamFormat):
-    key = transport = "sse"
+    key = transport = name = "sse"
     content_type = b"text/event-stream; charset=utf-8"
     heartbeat = b": heartbeat\n\n"
 
@@ -276,7 +311,7 @@ class SSEFormat(StreamFormat):
 
 class NDJSONFormat(StreamFormat):
     key = "ndjson"
-    transport = "stream"
+    transport = name = "stream"
     content_type = b"application/x-ndjson"
     heartbeat = b"\n"
 
@@ -315,7 +350,7 @@ def _html_content(message: Message) -> bytes:
 
 class HTMLFormat(StreamFormat):
     key = "html"
-    transport = "stream"
+    transport = name = "stream"
     content_type = b"text/html; charset=utf-8"
     heartbeat = b"<!-- -->\n"
 
@@ -338,6 +373,7 @@ def text_frame(payload: bytes) -> bytes:
 
 class WebSocketFormat(StreamFormat):
     key = transport = "ws"
+    name = "websocket"
     heartbeat = Frame(Opcode.PING, b"").serialize(mask=False)
 
     def message_with_cursor(self, message: Message, token: str) -> bytes:

@@ -7,11 +7,13 @@ bytes are the same for every connection and a message is framed once per fan-out
 Server → client, one JSON text frame each:
   {"type":"message","last_id":CURSOR,"message":{id, channel, data, time}}
   {"type":"gap","channels":[...]}     {"type":"closed","channel":...}
+  {"type":"join"|"leave","channel":...,"user":...,"info":{...}|null}
   {"type":"published","id":...,"channel":...,"subscribers":N}     (answer to a publish)
   {"type":"error","error":CODE,"detail":...}     {"type":"slow",...} (then the socket closes)
 Client → server:
   {"publish":{"channel":...,"data":...}}
-  {"subscribe":[channels],"last_id":CURSOR}     {"unsubscribe":[channels]}
+  {"subscribe":[channels],"last_id":CURSOR,"presence":true}     {"unsubscribe":[channels]}
+  ("presence": join/leave events for those channels; ?presence=1 does it for the URL's)
 The server pings every heartbeat interval. A binary frame closes the socket with 1003, text that
 is not JSON with 1007, a frame over the message size limit with 1009, a slow client with 1008.
 """
@@ -45,7 +47,7 @@ class WebSocketSession:
     its `StreamEnds`, how the stream ends: with a close frame, and not when a channel is
     deleted (the socket keeps its other channels)."""
 
-    __slots__ = ("app", "conn", "handshake", "inbox", "joining", "protocol", "stream")
+    __slots__ = ("app", "conn", "handshake", "inbox", "joining", "listen", "protocol", "stream")
 
     outlives_channels = True
     transport = "ws"
@@ -62,14 +64,15 @@ class WebSocketSession:
         self.conn = conn
         self.protocol = protocol
         self.handshake = handshake  # its token authorizes the commands sent on the socket
-        self.stream = Stream(app, conn, channels, WEBSOCKET, ends=self)
+        self.stream = Stream(app, conn, channels, WEBSOCKET, ends=self, who=handshake.identity)
+        self.listen = params.flag(params.query(handshake), "presence")  # (for the URL's channels)
         self.inbox: list[bytes] | None = []  # what arrives before the first read is answered
         # Channels of subscribe commands whose read is not answered yet (it may wait on the
         # broker): a repeated command must not read their backlog again.
         self.joining: set[str] = set()
 
     def start(self, batch: Batch) -> None:
-        self.stream.begin(batch)
+        self.stream.begin(batch, self.listen)
         inbox, self.inbox = self.inbox, None
         for data in inbox or ():
             self.receive(data)
@@ -136,7 +139,7 @@ class WebSocketSession:
             if "publish" in command:
                 self._publish(command["publish"])
             elif "subscribe" in command:
-                self._subscribe(_channel_list(command["subscribe"]), command.get("last_id"))
+                self._subscribe(_channel_list(command["subscribe"]), command.get("last_id"), command.get("presence"))
             elif "unsubscribe" in command:
                 self.stream.remove_channels(_channel_list(command["unsubscribe"]))
             else:
@@ -166,9 +169,11 @@ class WebSocketSession:
         body = {"id": str(result.id), "channel": result.channel, "subscribers": result.subscribers}
         self.stream.push(WEBSOCKET.event("published", body))
 
-    def _subscribe(self, channels: list[str], token: object) -> None:
+    def _subscribe(self, channels: list[str], token: object, listen: object) -> None:
         if token is not None and not isinstance(token, str):
             raise HttpError(400, "invalid_cursor", "last_id is a cursor string")
+        if listen is not None and not isinstance(listen, bool):
+            raise HttpError(400, "invalid_command", "presence is true or false")
         cursor = Cursor.parse(token)  # (before `joining`: a refused command leaves no trace)
         subscribed = self.stream.channels
         new = tuple(dict.fromkeys(name for name in channels if name not in subscribed and name not in self.joining))
@@ -185,16 +190,18 @@ class WebSocketSession:
                 if self.conn.closed:  # (an --auth-url check takes a while)
                     return
                 self.app.check_room(new)
-                self.app.relay.read(self.conn, new, cursor, lambda batch: self._add(new, batch), refused, limit=None)
+                self.app.relay.read(
+                    self.conn, new, cursor, lambda batch: self._add(new, batch, bool(listen)), refused, limit=None
+                )
 
             try:
                 self.app.authorize(self.handshake, "subscribe", new, "websocket", joining, refused)
             except TidingsError as exc:
                 refused(exc)
 
-    def _add(self, channels: tuple[str, ...], batch: Batch) -> None:
+    def _add(self, channels: tuple[str, ...], batch: Batch, listen: bool) -> None:
         self.joining.difference_update(channels)
-        self.stream.add_channels(channels, batch)
+        self.stream.add_channels(channels, batch, listen)
 
     # -- the stream's end (as its `StreamEnds`)
 

@@ -1,0 +1,338 @@
+"""Who is on a channel: the users of its subscribers, and join/leave when that changes.
+
+Pure bookkeeping, like the hub (no I/O; time passed in, milliseconds). The transports tell it
+when a subscriber arrives and departs (`arrive`, `depart`); a subscriber that asked for presence
+events listens (`listen`) and hears `join` when a user's first client arrives, `leave` when the
+last one has gone.
+
+Long-polls come and go with every poll, so a long-poll that ends *lingers*: its client still
+counts for `grace_ms`, and the same user's next long-poll on the channel takes that place
+instead of arriving anew. So a user polling in a loop is present throughout, and leaves
+`grace_ms` (plus up to one sweep, a second) after its last poll. Anonymous long-polls linger
+the same way, counted.
+
+Other processes (on a bus) report what they hold; `set_remote` takes their merged view of a
+channel, which counts alongside this process's own (and may change who is present: events
+follow).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Final, NamedTuple, Protocol
+
+LONGPOLL: Final = "longpoll"
+MAX_USER_CHARS: Final = 128
+MAX_LISTED: Final = 1000  # users listed at most in one presence answer
+
+
+class Identity(NamedTuple):
+    """Who a subscriber is: a user name, and what the application says of them (`info`);
+    `verified` unless it is only the client's word (`?user=` on a server without authentication)."""
+
+    user: str
+    info: dict[str, Any] | None = None
+    verified: bool = True
+
+
+def user_name(text: object) -> str | None:
+    """`text` if it can name a user: a string of 1-128 characters, none of them a control
+    character (C0, DEL, C1)."""
+    if not isinstance(text, str) or not 0 < len(text) <= MAX_USER_CHARS or _CONTROL.search(text):
+        return None
+    return text
+
+
+_CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def event_fields(channel: str, user: str, info: dict[str, Any] | None) -> dict[str, Any]:
+    """What a `join` or `leave` event says, on every transport."""
+    return {"channel": channel, "user": user, "info": info}
+
+
+class PresenceListener(Protocol):
+    """A subscriber that asked for presence events."""
+
+    def presence_event(self, event: str, channel: str, user: str, info: dict[str, Any] | None) -> None: ...
+
+
+class Lingering:
+    """When each lingering long-poll stops counting (ms), in the order they began: the grace is
+    the same for all. A list read from `first` on (a deque costs 600 bytes even when empty, and
+    there is one of these for every channel long-polled)."""
+
+    __slots__ = ("ends", "first")
+
+    def __init__(self) -> None:
+        self.ends: list[int] = []
+        self.first = 0
+
+    def __len__(self) -> int:
+        return len(self.ends) - self.first
+
+    def add(self, ends: int) -> None:
+        self.ends.append(ends)
+
+    def take(self) -> None:
+        """A long-poll takes the place of a lingering one: the one that ends first (whichever
+        it was, the count is the same; the others keep their time)."""
+        self.first += 1
+        self._compact()
+
+    def expire(self, now_ms: int) -> None:
+        ends, first = self.ends, self.first
+        while first < len(ends) and ends[first] <= now_ms:
+            first += 1
+        self.first = first
+        self._compact()
+
+    def _compact(self) -> None:
+        if (self.first > 16 and self.first * 2 > len(self.ends)) or self.first == len(self.ends):
+            del self.ends[: self.first]
+            self.first = 0
+
+
+@dataclass(slots=True)
+class Member:
+    """One user's clients on one channel, in this process: open ones per transport, and
+    lingering long-polls."""
+
+    info: dict[str, Any] | None
+    since: int
+    open: dict[str, int] = field(default_factory=dict)
+    lingering: Lingering = field(default_factory=Lingering)
+
+    @property
+    def clients(self) -> int:
+        return sum(self.open.values()) + len(self.lingering)
+
+    def transports(self) -> list[str]:
+        names = set(self.open)
+        if self.lingering:
+            names.add(LONGPOLL)
+        return sorted(names)
+
+
+class ChannelPresence:
+    __slots__ = ("anonymous", "anonymous_lingering", "listeners", "remote", "users")
+
+    def __init__(self) -> None:
+        self.users: dict[str, Member] = {}
+        self.anonymous = 0  # open anonymous clients
+        self.anonymous_lingering = Lingering()
+        self.listeners: set[PresenceListener] | None = None  # (made when someone listens)
+        self.remote: RemoteView = EMPTY_VIEW
+
+    def idle(self) -> bool:
+        return not (self.users or self.anonymous or self.anonymous_lingering or self.listeners or self.remote.users)
+
+    def present(self, user: str) -> bool:
+        return user in self.users or user in self.remote.users
+
+
+class RemoteView(NamedTuple):
+    """What other processes hold of a channel: users → [clients, transports, since, info], and
+    anonymous clients (the form a process reports, `Presence.report`, summed)."""
+
+    users: dict[str, list[Any]]
+    anonymous: int
+
+
+EMPTY_VIEW: Final = RemoteView({}, 0)
+
+
+class Presence:
+    def __init__(self, grace_ms: int) -> None:
+        self.grace_ms = grace_ms
+        self.channels: dict[str, ChannelPresence] = {}
+        self.lingering: set[str] = set()  # channels with lingering long-polls (for `expire`)
+
+    # -- subscribers
+
+    def arrive(self, names: Iterable[str], who: Identity | None, transport: str, now_ms: int) -> None:
+        for name in names:
+            ch = self.channels.get(name)
+            if ch is None:
+                ch = self.channels[name] = ChannelPresence()
+            if who is None:
+                if transport == LONGPOLL and ch.anonymous_lingering:
+                    ch.anonymous_lingering.take()
+                ch.anonymous += 1
+                continue
+            member = ch.users.get(who.user)
+            joined = member is None and who.user not in ch.remote.users
+            if member is None:
+                member = ch.users[who.user] = Member(who.info, now_ms)
+            elif transport == LONGPOLL and member.lingering:
+                member.lingering.take()
+            if who.info is not None:
+                member.info = who.info
+            member.open[transport] = member.open.get(transport, 0) + 1
+            if joined:
+                self._tell(ch, "join", name, who.user, member.info)
+
+    def depart(self, names: Iterable[str], who: Identity | None, transport: str, now_ms: int) -> None:
+        """A subscriber has gone; a long-poll lingers (see the module's docstring)."""
+        linger_until = now_ms + self.grace_ms if transport == LONGPOLL else 0
+        for name in names:
+            ch = self.channels.get(name)
+            if ch is None:
+                continue
+            if who is None:
+                ch.anonymous = max(0, ch.anonymous - 1)
+                if linger_until:
+                    ch.anonymous_lingering.add(linger_until)
+                    self.lingering.add(name)
+                continue
+            member = ch.users.get(who.user)
+            if member is None or not member.open.get(transport):
+                continue
+            member.open[transport] -= 1
+            if not member.open[transport]:
+                del member.open[transport]
+            if linger_until:
+                member.lingering.add(linger_until)
+                self.lingering.add(name)
+            elif not member.clients:
+                self._gone(ch, name, who.user, member)
+            if ch.idle():
+                del self.channels[name]
+
+    def polled(self, names: Iterable[str], who: Identity | None, now_ms: int) -> None:
+        """A long-poll answered at once (it never waited): present until the grace after it."""
+        names = tuple(names)
+        self.arrive(names, who, LONGPOLL, now_ms)
+        self.depart(names, who, LONGPOLL, now_ms)
+
+    def _gone(self, ch: ChannelPresence, name: str, user: str, member: Member) -> None:
+        del ch.users[user]
+        if user not in ch.remote.users:
+            self._tell(ch, "leave", name, user, member.info)
+
+    def expire(self, now_ms: int) -> None:
+        """End the lingering long-polls whose grace is over (the server's sweep, each second)."""
+        for name in list(self.lingering):
+            ch = self.channels.get(name)
+            if ch is None:
+                self.lingering.discard(name)
+                continue
+            ch.anonymous_lingering.expire(now_ms)
+            still = bool(ch.anonymous_lingering)
+            for user, member in list(ch.users.items()):
+                if member.lingering:
+                    member.lingering.expire(now_ms)
+                    if not member.clients:
+                        self._gone(ch, name, user, member)
+                    still = still or bool(member.lingering)
+            if not still:
+                self.lingering.discard(name)
+            if ch.idle():
+                del self.channels[name]
+
+    # -- listeners
+
+    def listen(self, names: Iterable[str], listener: PresenceListener) -> None:
+        for name in names:
+            ch = self.channels.get(name)
+            if ch is None:
+                ch = self.channels[name] = ChannelPresence()
+            if ch.listeners is None:
+                ch.listeners = set()
+            ch.listeners.add(listener)
+
+    def unlisten(self, names: Iterable[str], listener: PresenceListener) -> None:
+        for name in names:
+            ch = self.channels.get(name)
+            if ch is not None and ch.listeners is not None:
+                ch.listeners.discard(listener)
+                if not ch.listeners:
+                    ch.listeners = None
+                if ch.idle():
+                    del self.channels[name]
+
+    def _tell(self, ch: ChannelPresence, event: str, name: str, user: str, info: dict[str, Any] | None) -> None:
+        if ch.listeners:
+            for listener in list(ch.listeners):  # (a listener may stop listening when told)
+                listener.presence_event(event, name, user, info)
+
+    def listened(self) -> list[str]:
+        """The channels someone here listens on (whose remote views the server keeps fresh)."""
+        return [name for name, ch in self.channels.items() if ch.listeners]
+
+    # -- other processes
+
+    def report(self) -> dict[str, dict[str, Any]]:
+        """What this process holds, for the others (see `RemoteView`): channels with anyone."""
+        held: dict[str, dict[str, Any]] = {}
+        for name, ch in self.channels.items():
+            anonymous = ch.anonymous + len(ch.anonymous_lingering)
+            if ch.users or anonymous:
+                users = {u: [m.clients, m.transports(), m.since, m.info] for u, m in ch.users.items()}
+                held[name] = {"users": users, "anonymous": anonymous}
+        return held
+
+    def set_remote(self, name: str, view: RemoteView) -> None:
+        """Other processes' view of channel `name` (see `merge_reports`): users it adds are
+        told as joining, users it no longer has and nobody here holds as leaving."""
+        ch = self.channels.get(name)
+        if ch is None:
+            if not view.users and not view.anonymous:
+                return
+            ch = self.channels[name] = ChannelPresence()
+        before = ch.remote.users
+        ch.remote = view
+        for user, entry in view.users.items():
+            if user not in before and user not in ch.users:
+                self._tell(ch, "join", name, user, entry[3])
+        for user, entry in before.items():
+            if user not in view.users and user not in ch.users:
+                self._tell(ch, "leave", name, user, entry[3])
+        if ch.idle():
+            del self.channels[name]
+
+    # -- answers
+
+    def view(self, name: str, remote: RemoteView | None = None, limit: int = MAX_LISTED) -> dict[str, Any]:
+        """Who is on channel `name`: this process's subscribers and the other processes' (`remote`,
+        or as last set) together; each user once (clients summed), longest present first, at
+        most `limit` listed, and `total_users` counting them all."""
+        ch = self.channels.get(name)
+        if remote is None:
+            remote = ch.remote if ch is not None else EMPTY_VIEW
+        merged: dict[str, list[Any]] = {u: [e[0], set(e[1]), e[2], e[3]] for u, e in remote.users.items()}
+        members = ch.users if ch is not None else {}
+        for user, member in members.items():
+            entry = merged.get(user)
+            if entry is None:
+                merged[user] = [member.clients, set(member.transports()), member.since, member.info]
+            else:
+                entry[0] += member.clients
+                entry[1].update(member.transports())
+                entry[2] = min(entry[2], member.since)
+                entry[3] = member.info if member.info is not None else entry[3]
+        ordered = sorted(merged.items(), key=lambda item: (item[1][2], item[0]))[:limit]
+        users = [
+            {"user": u, "info": e[3], "clients": e[0], "transports": sorted(e[1]), "since": e[2]} for u, e in ordered
+        ]
+        anonymous = remote.anonymous + (ch.anonymous + len(ch.anonymous_lingering) if ch is not None else 0)
+        return {"channel": name, "users": users, "anonymous": anonymous, "total_users": len(merged)}
+
+
+def merge_reports(reports: Iterable[dict[str, Any]]) -> RemoteView:
+    """Several processes' reports of one channel (each `Presence.report`'s entry), as one view."""
+    users: dict[str, list[Any]] = {}
+    anonymous = 0
+    for report in reports:
+        anonymous += int(report.get("anonymous", 0))
+        for user, (clients, transports, since, info) in report.get("users", {}).items():
+            entry = users.get(user)
+            if entry is None:
+                users[user] = [clients, list(transports), since, info]
+            else:
+                entry[0] += clients
+                entry[1] = sorted(set(entry[1]) | set(transports))
+                entry[2] = min(entry[2], since)
+    return RemoteView(users, anonymous)
