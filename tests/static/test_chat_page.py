@@ -246,3 +246,54 @@ def test_a_refused_page_says_so_and_does_not_retry(
         page.context.close()
     finally:
         backend.close()
+
+
+def wait_for_people(page: Page, names: str) -> None:
+    page.wait_for_function(
+        "(names) => document.getElementById('people').textContent === names", arg=names, timeout=WAIT_MS
+    )
+
+
+def wait_for_notice(page: Page, text: str) -> None:
+    page.wait_for_function(
+        "(text) => [...document.querySelectorAll('#conversation .notice')].some((e) => e.textContent === text)",
+        arg=text,
+        timeout=WAIT_MS,
+    )
+
+
+@pytest.mark.parametrize("transport", ["longpoll", "sse", "ws"])
+def test_the_page_shows_who_is_here_and_who_left(
+    browser: Browser, start_server: Callable[..., ServerProcess], channel: str, transport: str
+) -> None:
+    srv = start_server("--presence-grace", "0.5")
+    ann = open_chat(browser, srv, channel, transport)
+    bob = open_chat(browser, srv, channel, transport)
+    wait_for_people(bob, "nobody named yet")
+    say(ann, "ann", "hello")
+    wait_for_notice(bob, "ann joined")
+    say(bob, "bob", "hi ann")
+    wait_for_people(ann, "ann, bob")
+    wait_for_people(bob, "ann, bob")
+    ann.context.close()
+    wait_for_notice(bob, "ann left")
+    wait_for_people(bob, "bob")
+    bob.context.close()
+
+
+def test_the_nickname_is_the_users_own_where_the_server_knows_them(
+    browser: Browser, start_server: Callable[..., ServerProcess], channel: str
+) -> None:
+    secret = "test-secret-of-some-length-0123456789"
+    srv = start_server("--auth-secret", secret)
+    import jwt
+
+    token = jwt.encode(
+        {"exp": 2_000_000_000, "sub": "Ann Example", "tidings": {"subscribe": [channel], "publish": [channel]}}, secret
+    )
+    page = browser.new_context().new_page()
+    page.goto(f"{srv.url}/?channel={channel}&token={token}")
+    wait_connected(page)
+    wait_for_people(page, "Ann Example")
+    assert page.input_value("#nick") == "Ann Example" and page.get_attribute("#nick", "readonly") is not None
+    page.context.close()

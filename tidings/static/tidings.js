@@ -14,6 +14,15 @@
  * (401 or 403: no token, or not allowed) is not retried: the status becomes "refused" and
  * `onRefused({error, detail})` is called. (A browser does not show why an EventSource or a
  * WebSocket did not open, so when one does not, one long-poll with timeout=0 asks.)
+ *
+ * Presence: with `presence: true`, `onPresence(event)` hears who is on each channel: after
+ * every (re)connect {event: "here", channel, users: [{user, info, clients, transports, since}],
+ * anonymous, total_users, you} (the whole list, from GET /channels/{channel}/presence), then
+ * {event: "join" | "leave", channel, user, info} as users come and go. Join and leave are live
+ * notices: what happens while disconnected (or, on long-poll, between two polls) comes with the
+ * next "here" (long-poll asks again every 15 s). `user` names the client on a server without
+ * authentication (there the name is the client's word; with tokens or --auth-url it is theirs).
+ *   const who = await Tidings.presence("", "chat");   // the same list, once
  */
 (function (global) {
   "use strict";
@@ -25,6 +34,28 @@
   function withToken(address, token) {
     if (!token) return address;
     return address + (address.indexOf("?") >= 0 ? "&" : "?") + "token=" + encodeURIComponent(token);
+  }
+
+  // Query parameters as "a=1&b=2" (those that are set).
+  function queryOf(fields) {
+    return Object.keys(fields).filter(function (key) { return fields[key] != null && fields[key] !== ""; })
+      .map(function (key) { return key + "=" + encodeURIComponent(fields[key]); }).join("&");
+  }
+
+  function withQuery(address, fields) {
+    var query = queryOf(fields);
+    return query ? address + (address.indexOf("?") >= 0 ? "&" : "?") + query : address;
+  }
+
+  function presence(url, channel, options) {
+    options = options || {};
+    var address = withQuery(url + "/channels/" + encodeURIComponent(channel) + "/presence", { user: options.user });
+    return fetch(withToken(address, options.token), { cache: "no-store" }).then(function (response) {
+      return response.json().then(function (body) {
+        if (!response.ok) throw new Error(body.error + ": " + body.detail);
+        return body;
+      });
+    });
   }
 
   function channelList(channels) {
@@ -48,6 +79,9 @@
     var socket = null;    // WebSocket
     var status = null;
     var fresh = true;     // first poll after (re)connecting answers at once: history + "connected"
+    var listing = null;   // timer of the long-poll's periodic presence list
+    // What every subscribe URL carries besides the cursor: who the client is, whether it listens to presence.
+    var extra = { user: options.user, presence: options.presence ? 1 : null };
 
     function setStatus(next, detail) {
       if (next === status) return;
@@ -75,6 +109,27 @@
       });
     }
 
+    function presenceEvent(event) {
+      if (options.onPresence) options.onPresence(event);
+    }
+
+    // The whole list, after every (re)connect (join/leave are live: missed while away).
+    function listPresence() {
+      if (!options.presence || closed) return;
+      (Array.isArray(channels) ? channels : String(channels).split(",")).forEach(function (name) {
+        presence(url, name, { token: options.token, user: options.user }).then(function (body) {
+          if (!closed) presenceEvent(Object.assign({ event: "here" }, body));
+        }).catch(function () { /* the subscription reports its own troubles */ });
+      });
+    }
+
+    function connected() {
+      proven = true;
+      backoff = 1000;
+      if (status !== "connected") listPresence();
+      setStatus("connected");
+    }
+
     function ended(detail) {
       closed = true;
       setStatus("closed", detail);
@@ -85,7 +140,8 @@
       var query = "timeout=" + (fresh ? 0 : options.timeout || 30);
       if (cursor) query += "&last_id=" + encodeURIComponent(cursor);
       abort = new AbortController();
-      fetch(withToken(url + "/sub/" + path + "?" + query, options.token), { signal: abort.signal, cache: "no-store" })
+      if (options.presence && !listing) listing = setInterval(listPresence, 15000);
+      fetch(withToken(withQuery(url + "/sub/" + path + "?" + query, extra), options.token), { signal: abort.signal, cache: "no-store" })
         .then(function (response) {
           if (response.status === 410) {
             return response.json().then(function (body) { ended({ channel: body.channel }); });
@@ -93,11 +149,10 @@
           if (response.status === 401 || response.status === 403) return refused(response);
           if (!response.ok) throw new Error("HTTP " + response.status);
           return response.json().then(function (body) {
-            proven = true;
-            setStatus("connected");
-            backoff = 1000;
+            connected();
             fresh = false;
             if (body.gap) gap(null);
+            (body.events || []).forEach(presenceEvent);
             body.messages.forEach(function (m) { onMessage(m); });
             cursor = body.last_id;
             if (!closed) poll();
@@ -133,8 +188,8 @@
       var base = (url || location.origin).replace(/^http/, "ws");
       var query = cursor ? "?last_id=" + encodeURIComponent(cursor) : "";
       var opened = false;
-      socket = new WebSocket(withToken(base + "/ws/" + path + query, options.token));
-      socket.onopen = function () { opened = true; proven = true; setStatus("connected"); backoff = 1000; };
+      socket = new WebSocket(withToken(withQuery(base + "/ws/" + path + query, extra), options.token));
+      socket.onopen = function () { opened = true; connected(); };
       socket.onmessage = function (event) {
         var frame = JSON.parse(event.data);
         if (frame.type === "message") {
@@ -142,6 +197,8 @@
           onMessage(frame.message);
         } else if (frame.type === "gap") {
           gap(frame.channels);
+        } else if (frame.type === "join" || frame.type === "leave") {
+          presenceEvent({ event: frame.type, channel: frame.channel, user: frame.user, info: frame.info });
         } else if (frame.type === "closed") {
           socket.onclose = null;
           socket.close();
@@ -158,13 +215,18 @@
     function stream() {
       var query = cursor ? "?last_event_id=" + encodeURIComponent(cursor) : "";
       var opened = false;
-      source = new EventSource(withToken(url + "/sse/" + path + query, options.token));
-      source.onopen = function () { opened = true; proven = true; setStatus("connected"); backoff = 1000; };
+      source = new EventSource(withToken(withQuery(url + "/sse/" + path + query, extra), options.token));
+      source.onopen = function () { opened = true; connected(); };
       source.onmessage = function (event) {
         cursor = event.lastEventId || cursor;
         onMessage(JSON.parse(event.data));
       };
       source.addEventListener("gap", function (event) { gap(JSON.parse(event.data).channels); });
+      ["join", "leave"].forEach(function (name) {
+        source.addEventListener(name, function (event) {
+          presenceEvent(Object.assign({ event: name }, JSON.parse(event.data)));
+        });
+      });
       source.addEventListener("closed", function (event) {
         source.close();
         ended(JSON.parse(event.data));
@@ -191,6 +253,7 @@
       close: function () {
         closed = true;
         if (retryTimer) clearTimeout(retryTimer);
+        if (listing) clearInterval(listing);
         if (abort) abort.abort();
         if (source) source.close();
         if (socket) { socket.onclose = null; socket.close(); }
@@ -216,5 +279,5 @@
     });
   }
 
-  global.Tidings = { subscribe: subscribe, publish: publish };
+  global.Tidings = { subscribe: subscribe, publish: publish, presence: presence };
 })(typeof window !== "undefined" ? window : globalThis);
