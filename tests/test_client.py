@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from conftest import ServerProcess, free_port, subscribers, wait_until
 
-from tidings.client import AsyncClient, ChannelDeleted, Client, Message, RequestRefused
+from tidings.client import AsyncClient, ChannelDeleted, Client, Message, PresenceEvent, RequestRefused
 
 
 @pytest.mark.parametrize("transport", ["longpoll", "sse", "ws"])
@@ -108,3 +108,49 @@ def test_the_old_name_of_request_refused_still_works_and_warns() -> None:
     with pytest.warns(DeprecationWarning, match="RequestRefused"):
         old = tidings.client.TidingsError  # type: ignore[attr-defined]
     assert old is RequestRefused
+
+
+@pytest.mark.parametrize("transport", ["longpoll", "sse", "ws"])
+def test_presence_and_its_events_on_every_transport(server: ServerProcess, channel: str, transport: str) -> None:
+    async def scenario() -> None:
+        async with AsyncClient(server.url) as client:
+            heard: asyncio.Queue[PresenceEvent] = asyncio.Queue()
+
+            async def listen() -> None:
+                async for _ in client.subscribe(
+                    channel,
+                    transport=transport,  # type: ignore[arg-type]
+                    user="lis",
+                    on_presence=heard.put_nowait,
+                ):
+                    pass
+
+            listener = asyncio.create_task(listen())
+            try:
+                await asyncio.wait_for(_until_listed(client, channel, {"lis"}), 10)
+                # ann: another client, on a connection of its own
+                async with AsyncClient(server.url) as other:
+                    ann = asyncio.create_task(_drain(other.subscribe(channel, transport="sse", user="ann")))
+                    event = await asyncio.wait_for(heard.get(), 10)
+                    assert event == PresenceEvent("join", channel, "ann", None)
+                    listed = await client.presence(channel)
+                    assert {u.user: u.transports for u in listed.users} == {
+                        "lis": [{"ws": "websocket"}.get(transport, transport)],
+                        "ann": ["sse"],
+                    }
+                    assert listed.you is None and listed.anonymous == 0
+                    ann.cancel()
+            finally:
+                listener.cancel()
+
+    asyncio.run(scenario())
+
+
+async def _until_listed(client: AsyncClient, channel: str, users: set[str]) -> None:
+    while {u.user for u in (await client.presence(channel)).users} != users:
+        await asyncio.sleep(0.02)
+
+
+async def _drain(messages: AsyncIterator[Message]) -> None:
+    async for _ in messages:
+        pass

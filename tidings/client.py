@@ -14,6 +14,10 @@ A subscription resumes from its cursor across dropped connections and server res
 (`gap`), `on_gap(channels)` is called (without one, a warning is logged) and the messages that
 follow the gap are yielded as usual. A deleted channel ends the subscription with
 `ChannelDeleted`; a refused request raises `RequestRefused`.
+
+Presence: `await client.presence("chat")` lists who is on a channel; `subscribe(...,
+on_presence=callback)` calls it with each `PresenceEvent` ("join"/"leave": live notices, see
+the README), and `user=` names the client on a server without authentication.
 """
 
 from __future__ import annotations
@@ -52,6 +56,48 @@ class PublishResult:
     id: str
     channel: str
     subscribers: int
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceEvent:
+    event: str  # "join" (a user's first client arrived) or "leave" (their last one has gone)
+    channel: str
+    user: str
+    info: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class PresentUser:
+    user: str
+    info: dict[str, Any] | None
+    clients: int
+    transports: list[str]
+    since: int  # ms since the epoch
+
+
+@dataclass(frozen=True, slots=True)
+class Presence:
+    """Who is on a channel: users (longest present first, at most `limit` of `total_users`),
+    anonymous clients, and who asked (`you`: {"user", "info", "verified"}, or None)."""
+
+    channel: str
+    users: list[PresentUser]
+    anonymous: int
+    total_users: int
+    you: dict[str, Any] | None
+
+
+@dataclass(slots=True)
+class _Hooks:
+    """What a subscription's reader needs besides its cursor."""
+
+    on_gap: Callable[[list[str]], None] | None
+    on_presence: Callable[[PresenceEvent], None] | None
+    query: dict[str, str]  # parameters on every subscribe URL (user, presence)
+
+    def presence(self, event: str, raw: dict[str, Any]) -> None:
+        if self.on_presence is not None and event in ("join", "leave"):
+            self.on_presence(PresenceEvent(event, raw["channel"], raw["user"], raw.get("info")))
 
 
 class RequestRefused(Exception):
@@ -107,6 +153,16 @@ class AsyncClient:
         body = response.json()
         return PublishResult(body["id"], body["channel"], body["subscribers"])
 
+    async def presence(self, channel: str, limit: int | None = None) -> Presence:
+        """Who is on `channel` now (over every process of the server)."""
+        query = f"?limit={limit}" if limit is not None else ""
+        response = await self.http.get(f"/channels/{quote(channel, safe='')}/presence{query}")
+        if response.status_code != 200:
+            raise _error(response)
+        body = response.json()
+        users = [PresentUser(u["user"], u["info"], u["clients"], u["transports"], u["since"]) for u in body["users"]]
+        return Presence(body["channel"], users, body["anonymous"], body["total_users"], body["you"])
+
     async def subscribe(
         self,
         *channels: str,
@@ -114,17 +170,22 @@ class AsyncClient:
         transport: Transport = "longpoll",
         poll_timeout: float = 30.0,
         on_gap: Callable[[list[str]], None] | None = None,
+        on_presence: Callable[[PresenceEvent], None] | None = None,
+        user: str | None = None,
     ) -> AsyncGenerator[Message, None]:
-        """Every message on `channels` after `last_id` (None: from now on), in order."""
+        """Every message on `channels` after `last_id` (None: from now on), in order; with
+        `on_presence`, the channels' join and leave events too."""
         if not channels:
             raise ValueError("subscribe to at least one channel")
         path = ",".join(quote(name, safe="") for name in channels)
         reader = {"longpoll": self._longpoll, "sse": self._sse, "ws": self._ws}[transport]
         state = {"cursor": last_id}
+        query = {**({"user": user} if user else {}), **({"presence": "1"} if on_presence else {})}
+        hooks = _Hooks(on_gap, on_presence, query)
         backoff = RETRY_FIRST
         while True:
             try:
-                async for message in reader(path, state, poll_timeout, on_gap):
+                async for message in reader(path, state, poll_timeout, hooks):
                     backoff = RETRY_FIRST
                     yield message
                 backoff = RETRY_FIRST
@@ -134,17 +195,21 @@ class AsyncClient:
                 backoff = min(backoff * 2, RETRY_MAX)
 
     @staticmethod
-    def _gap(channels: list[str], on_gap: Callable[[list[str]], None] | None) -> None:
-        if on_gap is None:
+    def _gap(channels: list[str], hooks: _Hooks) -> None:
+        if hooks.on_gap is None:
             log.warning("messages were missed on %s (no longer buffered)", ", ".join(channels))
         else:
-            on_gap(channels)
+            hooks.on_gap(channels)
 
     async def _longpoll(
-        self, path: str, state: dict[str, str | None], timeout: float, on_gap: Callable[[list[str]], None] | None
+        self, path: str, state: dict[str, str | None], timeout: float, hooks: _Hooks
     ) -> AsyncIterator[Message]:
         while True:
-            query = {"timeout": f"{timeout:g}", **({"last_id": state["cursor"]} if state["cursor"] else {})}
+            query = {
+                "timeout": f"{timeout:g}",
+                **({"last_id": state["cursor"]} if state["cursor"] else {}),
+                **hooks.query,
+            }
             response = await self.http.get(f"/sub/{path}?{urlencode(query)}", timeout=timeout + self.timeout)
             if response.status_code == 410:
                 raise ChannelDeleted(str(response.json().get("channel", path)))
@@ -154,15 +219,18 @@ class AsyncClient:
             cursor = body["last_id"]
             state["cursor"] = cursor
             if body["gap"]:
-                self._gap(body.get("channels") or path.split(","), on_gap)
+                self._gap(body.get("channels") or path.split(","), hooks)
+            for event in body.get("events", ()):
+                hooks.presence(event["event"], event)
             for raw in body["messages"]:
                 yield _message(raw, cursor)
 
     async def _sse(
-        self, path: str, state: dict[str, str | None], timeout: float, on_gap: Callable[[list[str]], None] | None
+        self, path: str, state: dict[str, str | None], timeout: float, hooks: _Hooks
     ) -> AsyncIterator[Message]:
         headers = {"Accept": "text/event-stream", **({"Last-Event-ID": state["cursor"]} if state["cursor"] else {})}
-        async with self.http.stream("GET", f"/sse/{path}", headers=headers, timeout=httpx.Timeout(None)) as response:
+        url = f"/sse/{path}" + (f"?{urlencode(hooks.query)}" if hooks.query else "")
+        async with self.http.stream("GET", url, headers=headers, timeout=httpx.Timeout(None)) as response:
             if response.status_code != 200:
                 await response.aread()
                 raise _error(response)
@@ -178,9 +246,11 @@ class AsyncClient:
                 if data is None:
                     continue
                 if kind == "gap":
-                    self._gap(json.loads(data)["channels"], on_gap)
+                    self._gap(json.loads(data)["channels"], hooks)
                 elif kind == "closed":
                     raise ChannelDeleted(json.loads(data)["channel"])
+                elif kind in ("join", "leave"):
+                    hooks.presence(kind, json.loads(data))
                 elif kind is None:
                     if ident:
                         state["cursor"] = ident
@@ -188,12 +258,13 @@ class AsyncClient:
         raise httpx.RemoteProtocolError("the stream ended")  # resume from the cursor
 
     async def _ws(
-        self, path: str, state: dict[str, str | None], timeout: float, on_gap: Callable[[list[str]], None] | None
+        self, path: str, state: dict[str, str | None], timeout: float, hooks: _Hooks
     ) -> AsyncIterator[Message]:
         url = "ws" + self.url[len("http") :] + f"/ws/{path}"
         query = {
             **({"last_id": state["cursor"]} if state["cursor"] else {}),
             **({"token": self.token} if self.token else {}),
+            **hooks.query,
         }
         if query:
             url += "?" + urlencode({key: value for key, value in query.items() if value})
@@ -205,9 +276,11 @@ class AsyncClient:
                     state["cursor"] = frame["last_id"]
                     yield _message(frame["message"], frame["last_id"])
                 elif kind == "gap":
-                    self._gap(frame["channels"], on_gap)
+                    self._gap(frame["channels"], hooks)
                 elif kind == "closed":
                     raise ChannelDeleted(frame["channel"])
+                elif kind in ("join", "leave"):
+                    hooks.presence(kind, frame)
         raise httpx.RemoteProtocolError("the socket closed")  # resume from the cursor
 
 
@@ -231,6 +304,9 @@ class Client:
     def publish(self, channel: str, data: Any) -> PublishResult:
         return self._runner.run(self._client.publish(channel, data))
 
+    def presence(self, channel: str, limit: int | None = None) -> Presence:
+        return self._runner.run(self._client.presence(channel, limit))
+
     def subscribe(
         self,
         *channels: str,
@@ -238,9 +314,17 @@ class Client:
         transport: Transport = "longpoll",
         poll_timeout: float = 30.0,
         on_gap: Callable[[list[str]], None] | None = None,
+        on_presence: Callable[[PresenceEvent], None] | None = None,
+        user: str | None = None,
     ) -> Iterator[Message]:
         messages = self._client.subscribe(
-            *channels, last_id=last_id, transport=transport, poll_timeout=poll_timeout, on_gap=on_gap
+            *channels,
+            last_id=last_id,
+            transport=transport,
+            poll_timeout=poll_timeout,
+            on_gap=on_gap,
+            on_presence=on_presence,
+            user=user,
         )
         try:
             while True:
@@ -274,6 +358,9 @@ __all__ = [
     "ChannelDeleted",
     "Client",
     "Message",
+    "Presence",
+    "PresenceEvent",
+    "PresentUser",
     "PublishResult",
     "RequestRefused",
 ]
