@@ -182,7 +182,8 @@ class Presence:
             if ch is None:
                 continue
             if who is None:
-                ch.anonymous = max(0, ch.anonymous - 1)
+                if ch.anonymous:
+                    ch.anonymous -= 1
                 if linger_until:
                     ch.anonymous_lingering.add(linger_until)
                     self.lingering.add(name)

@@ -62,7 +62,18 @@ class LongPoll:
     it lingers after its answer), and, if it asked, a presence listener answered by a join or
     leave as by a message."""
 
-    __slots__ = ("app", "channels", "conn", "events", "positions", "present", "timeout_key", "who", "woken_by")
+    __slots__ = (
+        "app",
+        "channels",
+        "conn",
+        "events",
+        "positions",
+        "listening",
+        "present",
+        "timeout_key",
+        "who",
+        "woken_by",
+    )
 
     transport = "longpoll"
 
@@ -82,7 +93,8 @@ class LongPoll:
         self.timeout_key: int | None = app.timeouts.add(self, timeout)
         self.woken_by: Message | None = None
         self.who = who
-        self.present = False  # counted in presence (and listening, if it asked)
+        self.present = False  # counted in presence
+        self.listening = False  # hears join/leave
         self.events: list[bytes] | None = None  # presence events to answer with
 
     def arrive(self, listen: bool) -> None:
@@ -90,6 +102,7 @@ class LongPoll:
         presence.arrive(self.channels, self.who, LONGPOLL, wall_clock_ms())
         if listen:
             presence.listen(self.channels, self)
+            self.listening = True
         self.present = True
 
     def _leave(self) -> None:
@@ -101,7 +114,9 @@ class LongPoll:
         if self.present:
             self.present = False
             hub.presence.depart(self.channels, self.who, LONGPOLL, wall_clock_ms())
-            hub.presence.unlisten(self.channels, self)
+            if self.listening:
+                self.listening = False
+                hub.presence.unlisten(self.channels, self)
 
     def wake(self, message: Message) -> bool:
         if already_seen(message, self.positions):
