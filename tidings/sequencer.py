@@ -565,16 +565,12 @@ class Sequencer:
             channel = _channel(name)
             self._send(pack(name, b"probe", token, str(self.hub.last_id(channel)).encode()))
             return []
-        if op == b"report":
-            node, counts = unpack(args, 2)
-            self.counts[node] = (time.monotonic(), json.loads(counts))
-            return []
-        if op == b"here":
+        if op in (b"report", b"here"):  # a process's subscriber counts, or its presence
             node, report = unpack(args, 2)
             held = json.loads(report)
             if not isinstance(held, dict):
-                raise ValueError("a presence report is a JSON object")
-            self.presence[node] = (time.monotonic(), held)
+                raise ValueError("a report is a JSON object")
+            (self.counts if op == b"report" else self.presence)[node] = (time.monotonic(), held)
             return []
         if op == b"who":
             node, names = unpack(args, 2)
@@ -595,13 +591,12 @@ class Sequencer:
         return own + sum(counts.get(channel, 0) for name, (_, counts) in self.counts.items() if name != node)
 
     def _forget_silent(self) -> None:
-        """Drop the counts of processes that have not reported within NODE_TTL (done with each
+        """Drop the counts and presence of processes that have not reported within NODE_TTL (done with each
         heartbeat rather than per request: a look at every process per publish cost ~1 us)."""
         now = time.monotonic()
-        for gone in [name for name, (at, _) in self.counts.items() if now - at > NODE_TTL]:
-            del self.counts[gone]
-        for gone in [name for name, (at, _) in self.presence.items() if now - at > NODE_TTL]:
-            del self.presence[gone]
+        for reports in (self.counts, self.presence):
+            for gone in [name for name, (at, _) in reports.items() if now - at > NODE_TTL]:
+                del reports[gone]
 
     def stats(self) -> dict[str, JSONValue]:
         return {"published": self.published, "channels": len(self.hub.channels), "processes": len(self.counts)}

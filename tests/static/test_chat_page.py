@@ -50,10 +50,11 @@ def say(page: Page, nick: str, text: str) -> None:
     page.press("#message", "Enter")
 
 
-def wait_for_text(page: Page, text: str) -> None:
+def wait_for_text(page: Page, text: str, where: str = "#conversation .text") -> None:
+    """Until an element `where` (a message's text, by default) reads `text`."""
     page.wait_for_function(
-        "(text) => [...document.querySelectorAll('#conversation .text')].some((e) => e.textContent === text)",
-        arg=text,
+        "([where, text]) => [...document.querySelectorAll(where)].some((e) => e.textContent === text)",
+        arg=[where, text],
         timeout=WAIT_MS,
     )
 
@@ -255,11 +256,7 @@ def wait_for_people(page: Page, names: str) -> None:
 
 
 def wait_for_notice(page: Page, text: str) -> None:
-    page.wait_for_function(
-        "(text) => [...document.querySelectorAll('#conversation .notice')].some((e) => e.textContent === text)",
-        arg=text,
-        timeout=WAIT_MS,
-    )
+    wait_for_text(page, text, "#conversation .notice")
 
 
 @pytest.mark.parametrize("transport", ["longpoll", "sse", "ws"])
