@@ -164,7 +164,10 @@ class TurnBatcher:
     def _run(self) -> None:
         due, self._due = self._due, []
         for item in due:
-            item.flush()
+            try:
+                item.flush()
+            except Exception:  # (a bug in one must not leave the others unwritten for good)
+                log.exception("a flush failed")
 
 
 class Application(Protocol):

@@ -149,6 +149,7 @@ class LongPoll:
             answer(self.conn, self.channels, [], self.positions, False, events)
 
     def channel_closed(self, channel: str) -> None:
+        self.events = None  # (answered here: a flush due this turn has nothing left to say)
         self._leave()
         self.conn.respond(410, error_body("channel_deleted", f"channel {channel} was deleted", channel=channel))
 
@@ -158,7 +159,8 @@ class LongPoll:
 
     def expire(self) -> None:
         self.timeout_key = None
-        self._answer_empty()
+        if self.events is None:  # (else the flush due this turn answers, with them)
+            self._answer_empty()
 
     def shutdown(self) -> None:
         if self.woken_by is not None or self.events is not None:
@@ -167,6 +169,7 @@ class LongPoll:
             self._answer_empty()
 
     def release(self) -> None:
+        self.events = None  # (the client has gone)
         self._leave()
 
 
