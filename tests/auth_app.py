@@ -59,6 +59,8 @@ class Backend:
             return web.Response(status=200 if body["transport"] == "longpoll" else 403)
         if session == "poster":  # may publish, not delete
             return web.Response(status=200 if body["action"] == "publish" else 403)
+        if session == "nameless":  # a user presence cannot list: allowed all the same, anonymous
+            return web.json_response({"user": ""})
         if session == "ann":
             return web.json_response({"user": "ann", "info": {"name": "Ann"}, "ttl": 60})
         if session == "bob" and body["action"] == "subscribe":

@@ -18,7 +18,8 @@ import httpx
 import jwt
 import pytest
 from auth_app import Backend
-from conftest import RedisProcess, ServerProcess, wait_until
+from conftest import RedisProcess, ServerProcess, subscribers, wait_until
+from rawhttp import Connection
 from websockets.asyncio.client import connect
 
 from tidings.auth import mint
@@ -96,6 +97,7 @@ def test_many_lingering_long_polls_end_in_order_and_are_taken_first_to_end_first
 def test_other_processes_count_alongside_and_change_who_is_present() -> None:
     presence, heard = Presence(grace_ms=1000), Heard()
     presence.listen(["c"], heard)
+    presence.set_remote("c", RemoteView({}, 0))  # (the first view after a listener came is taken silently)
     presence.arrive(["c"], ANN, "sse", 5)
     elsewhere = merge_reports(
         [
@@ -114,6 +116,20 @@ def test_other_processes_count_alongside_and_change_who_is_present() -> None:
     presence.depart(["c"], ANN, "sse", 10)  # still present elsewhere: no leave
     presence.set_remote("c", RemoteView({}, 0))
     assert heard.events[2:] == [("leave", "c", "ann"), ("leave", "c", "bob")]
+
+
+def test_nothing_is_left_behind_and_other_processes_count_only_while_someone_listens() -> None:
+    presence, heard = Presence(grace_ms=1000), Heard()
+    presence.arrive(["a", "b"], None, "sse", 1)
+    presence.depart(["a", "b"], None, "sse", 2)
+    presence.set_remote("c", RemoteView({"bob": [1, ["sse"], 1, None]}, 0))  # nobody listens to c
+    assert presence.channels == {}
+    presence.listen(["c"], heard)
+    presence.set_remote("c", RemoteView({"bob": [1, ["sse"], 1, None]}, 0))  # the first: read silently
+    presence.set_remote("c", RemoteView({}, 0))
+    assert heard.events == [("leave", "c", "bob")]
+    presence.unlisten(["c"], heard)
+    assert presence.channels == {}
 
 
 def test_the_list_is_capped_longest_present_first_with_the_total() -> None:
@@ -400,3 +416,93 @@ def test_a_malformed_user_or_limit_is_a_400(http: httpx.Client, channel: str) ->
         answer = http.get(f"/sub/{channel}?timeout=0&{query}") if "limit" not in query else None
         answer = answer or http.get(f"/channels/{channel}/presence?{query}")
         assert answer.status_code == 400 and answer.json()["error"] == "invalid_parameter", query
+
+
+def test_a_long_poll_told_of_a_join_and_answered_otherwise_in_that_turn_answers_once(
+    start_server: Callable[..., ServerProcess], channel: str
+) -> None:
+    srv = start_server()  # (its log is checked for tracebacks at the end)
+
+    async def scenario() -> None:
+        async with connect(f"ws://{srv.host}:{srv.port}/ws/{channel},{channel}-other?presence=1&user=dave") as dave:
+            alice = await Connection.open(srv.host, srv.port)
+            alice.send("GET", f"/sub/{channel}?timeout=20&presence=1&user=alice")
+            with httpx.Client(base_url=srv.url) as client:
+                wait_until(lambda: subscribers(client, channel) == 2, 10, "alice's poll to be held")
+            # One connection, two requests in one write: bob arrives (alice is told: join) and the
+            # channel is deleted (alice answered 410), in the same loop turn.
+            bob = await Connection.open(srv.host, srv.port)
+            bob.writer.write(
+                f"GET /sub/{channel}?timeout=0&user=bob HTTP/1.1\r\nHost: t\r\n\r\n"
+                f"DELETE /pub/{channel} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
+            )
+            assert (await alice.response()).status == 410
+            info = await alice.request("GET", f"/channels/{channel}-other")  # the next answer is this one's
+            assert info.status == 200 and info.json()["channel"] == f"{channel}-other"
+            async with httpx.AsyncClient(base_url=srv.url) as client:
+                await client.post(f"/pub/{channel}-other", json="still here")
+            async with asyncio.timeout(10):
+                while (frame := json.loads(await dave.recv()))["type"] != "message":
+                    pass
+            assert frame["message"]["data"] == "still here"  # the others' writes went on
+            alice.close()
+            bob.close()
+
+    asyncio.run(scenario())
+
+
+def test_after_auth_url_a_websocket_command_names_its_user_and_an_unlistable_name_is_anonymous(
+    start_server: Callable[..., ServerProcess], channel: str
+) -> None:
+    backend = Backend()
+    try:
+        srv = start_server("--auth-url", backend.url)
+
+        async def scenario() -> None:
+            url = f"ws://{srv.host}:{srv.port}/ws"
+            async with connect(url, additional_headers={"Cookie": "session=ann"}) as ann:
+                await ann.send(json.dumps({"subscribe": [channel], "presence": True}))
+                async with connect(f"{url}/{channel}", additional_headers={"Cookie": "session=nameless"}):
+
+                    async def listed() -> bool:
+                        async with httpx.AsyncClient(base_url=srv.url, headers={"Cookie": "session=ann"}) as c:
+                            answer = (await c.get(f"/channels/{channel}/presence")).json()
+                        return bool(answer["total_users"] == 1 and answer["anonymous"] == 1)
+
+                    await wait_for(listed, 10, "ann listed and one anonymous")
+                    assert await users_on_as(srv, channel, "ann") == {"ann": ["websocket"]}
+                await ann.send(json.dumps({"unsubscribe": [channel]}))
+                await ann.send(json.dumps({"publish": {"channel": channel, "data": "after"}}))
+                async with asyncio.timeout(10):  # its own leave is not news to it
+                    while (frame := json.loads(await ann.recv()))["type"] != "published":
+                        assert frame["type"] != "leave", frame
+
+        asyncio.run(scenario())
+    finally:
+        backend.close()
+
+
+async def users_on_as(srv: ServerProcess, channel: str, session: str) -> dict[str, list[str]]:
+    async with httpx.AsyncClient(base_url=srv.url, headers={"Cookie": f"session={session}"}) as client:
+        return {u["user"]: u["transports"] for u in (await client.get(f"/channels/{channel}/presence")).json()["users"]}
+
+
+def test_a_page_on_another_site_does_not_lend_the_users_cookie_to_a_read(
+    start_server: Callable[..., ServerProcess], channel: str
+) -> None:
+    backend = Backend()
+    try:
+        srv = start_server("--auth-url", backend.url)
+        with httpx.Client(base_url=srv.url, headers={"Cookie": "session=ann"}) as client:
+            path = f"/sub/{channel}?timeout=0"
+            assert client.get(path).status_code == 200
+            assert client.get(path, headers={"Sec-Fetch-Site": "same-origin"}).status_code == 200
+            # e.g. fetch(url, {mode: "no-cors", credentials: "include"}) from another site: the
+            # user would be counted present there, under their name
+            assert client.get(path, headers={"Sec-Fetch-Site": "cross-site"}).status_code == 401
+            assert client.get(path, headers={"Origin": "https://elsewhere.example"}).status_code == 401
+            assert (
+                client.get(f"/channels/{channel}/presence", headers={"Sec-Fetch-Site": "same-site"}).status_code == 401
+            )
+    finally:
+        backend.close()

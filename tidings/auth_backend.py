@@ -217,7 +217,7 @@ class BackendAuth:
             raise HttpError(503, "auth_unavailable", "the application's authorisation check answered nonsense")
         user, info, ttl, granted = spec.get("user"), spec.get("info"), spec.get("ttl", self.ttl), spec.get("channels")
         if (
-            (user is not None and user_name(user) is None)
+            (user is not None and not isinstance(user, str))
             or (info is not None and not isinstance(info, dict))
             or not isinstance(ttl, int | float)
             or isinstance(ttl, bool)
@@ -227,6 +227,9 @@ class BackendAuth:
             log.warning("--auth-url: %s answered 2xx with fields of the wrong types: %.200r", self.url, content)
             raise HttpError(503, "auth_unavailable", "the application's authorisation check answered nonsense")
         expires = now + min(max(float(ttl), 0.0), MAX_TTL)
+        if user is not None and user_name(user) is None:  # (allowed all the same: it is only for presence)
+            log.warning("--auth-url: %s named a user presence cannot list (1-128 characters, no controls)", self.url)
+            user = None
         allowed = Decision(True, expires, who=Identity(user, info) if user else None)
         decisions = {}
         for name in channels:

@@ -88,6 +88,7 @@ class ZmqBroker(NumberingBus):
         self.pending: dict[bytes, Request] = {}  # by reference (see `_request`, `_expire`)
         self.outgoing: list[tuple[bytes, bytes]] = []  # requests of this loop turn, not sent yet
         self.closed = False
+        self.told_presence = False  # the sequencer holds a presence report of ours
         self.other_version = False  # the sequencer's frames are of another version (see `_heartbeat`)
         self.active: dict[str, asyncio.Future[None]] = {}  # channels subscribed (done once probed)
         self.repairing: dict[str, list[list[bytes]]] = {}  # channels being caught up: what arrived meanwhile
@@ -123,8 +124,11 @@ class ZmqBroker(NumberingBus):
         log.info("the sequencer at %s", self.link.where)
 
     async def close(self) -> None:
-        self.closed = True
         await cancel_all(self._tasks)
+        if self.told_presence:  # (so that the others do not list our users for NODE_TTL more)
+            with contextlib.suppress(BrokerUnavailable, TimeoutError):
+                await asyncio.wait_for(self._ask(b"here", self.node, b"{}"), 0.5)
+        self.closed = True
         for request in self.pending.values():
             if not request.answer.done():
                 request.answer.set_exception(BrokerUnavailable("the server is stopping"))
@@ -238,16 +242,15 @@ class ZmqBroker(NumberingBus):
         return self._request(b"info", (channel.encode(), self.node, self._own_count(channel)), info)
 
     async def _report(self) -> None:
-        told_presence = False
         while True:
             await asyncio.sleep(REPORT_INTERVAL)
             counts = {name: ch.subscribers for name, ch in self.hub.channels.items() if ch.subscribers}
             held = self.hub.presence.report()
             with contextlib.suppress(BrokerUnavailable):
                 await self._ask(b"report", self.node, json.dumps(counts).encode())
-                if held or told_presence:  # (once more when it empties: the sequencer forgets)
+                if held or self.told_presence:  # (once more when it empties: the sequencer forgets)
                     await self._ask(b"here", self.node, encode_json(held))
-                    told_presence = bool(held)
+                    self.told_presence = bool(held)
 
     def presence_elsewhere(self, channels: list[str]) -> asyncio.Future[dict[str, RemoteView]]:
         def views(fields: list[bytes]) -> dict[str, RemoteView]:

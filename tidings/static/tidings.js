@@ -20,7 +20,7 @@
  * anonymous, total_users, you} (the whole list, from GET /channels/{channel}/presence), then
  * {event: "join" | "leave", channel, user, info} as users come and go. Join and leave are live
  * notices: what happens while disconnected (or, on long-poll, between two polls) comes with the
- * next "here" (long-poll asks again every 15 s). `user` names the client on a server without
+ * next "here" (long-poll asks again every 25-35 s). `user` names the client on a server without
  * authentication (there the name is the client's word; with tokens or --auth-url it is theirs).
  *   const who = await Tidings.presence("", "chat");   // the same list, once
  */
@@ -132,6 +132,7 @@
 
     function ended(detail) {
       closed = true;
+      if (listing) clearInterval(listing);
       setStatus("closed", detail);
       if (options.onClose) options.onClose(detail);
     }
@@ -140,7 +141,8 @@
       var query = "timeout=" + (fresh ? 0 : options.timeout || 30);
       if (cursor) query += "&last_id=" + encodeURIComponent(cursor);
       abort = new AbortController();
-      if (options.presence && !listing) listing = setInterval(listPresence, 15000);
+      // Every 25-35 s (spread, so that many clients do not ask at once).
+      if (options.presence && !listing) listing = setInterval(listPresence, 25000 + Math.random() * 10000);
       fetch(withToken(withQuery(url + "/sub/" + path + "?" + query, extra), options.token), { signal: abort.signal, cache: "no-store" })
         .then(function (response) {
           if (response.status === 410) {

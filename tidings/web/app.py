@@ -75,6 +75,8 @@ class App:
         self.metrics = metrics.Metrics(
             hub, self.relay, self.stats, self.connections, self.backend.seconds if self.backend else None
         )
+        if self.relay.bus is not None:  # (a channel's first listener reads the other processes' presence at once)
+            hub.presence.first_listener = self._refresh_presence_soon
         self.siblings: Siblings | None = None  # set by the server in a worker of --workers N
         self.on_count: Callable[[int], None] | None = None  # told the open connections' count (the acceptor)
         self._sweeper: asyncio.TimerHandle | None = None
@@ -87,6 +89,9 @@ class App:
         self._sweep()
         if self.siblings is not None:
             self.siblings.start()
+
+    def _refresh_presence_soon(self) -> None:
+        self.loop.call_soon(self.relay.refresh_presence)
 
     def snapshot(self) -> dict[str, JSONValue]:
         """This worker's figures, for the others to answer with (`web/siblings.py`)."""
@@ -152,7 +157,13 @@ class App:
         web/origin.py), they are dropped — the cookie, and an Authorization a browser adds by
         itself (Basic, Negotiate): only a bearer token the page presents is its own."""
         if not self.origins.check_acting(request):
-            request.raw_headers = [(name, value) for name, value in request.raw_headers if _page_presented(name, value)]
+            _drop_browser_credentials(request)
+
+    def check_reader(self, request: Request) -> None:
+        """Before a read (a subscription, /channels): a page on another site, not listed, does not
+        lend it the browser's credentials either (`OriginPolicy.vouches`)."""
+        if not self.origins.vouches(request):
+            _drop_browser_credentials(request)
 
     def authorize(
         self,
@@ -263,8 +274,10 @@ class App:
             channels = parse_channels(rest) if rest else ()
             if head == "sub" and "text/event-stream" in request.header(b"accept"):
                 head, subscribe = "sse", sse.subscribe  # the same resource, as Server-Sent Events
-            elif head == "ws":
+            if head == "ws":
                 self.check_origin(request)
+            else:
+                self.check_reader(request)
 
             def subscribing(begin: Callable[..., None] = subscribe) -> None:
                 self.check_room(channels)
@@ -290,6 +303,7 @@ class App:
             _allow(method, "GET", "HEAD")
             name, _, what = rest.partition("/")
             validate_channel(name)
+            self.check_reader(request)
             if what == "presence":
                 answer = self._while_open(conn, lambda: info.presence(self, request, conn, name))
             elif not what:
@@ -314,6 +328,10 @@ class App:
             self.static.serve(request.path, conn)
         else:
             raise HttpError(404, "not_found", f"no such resource: {request.path[:200]}")
+
+
+def _drop_browser_credentials(request: Request) -> None:
+    request.raw_headers = [(name, value) for name, value in request.raw_headers if _page_presented(name, value)]
 
 
 def _page_presented(name: bytes, value: bytes) -> bool:

@@ -69,6 +69,18 @@ class OriginPolicy:
             )
         return b"Access-Control-Allow-Origin: *\r\n"  # any page, never with credentials
 
+    def vouches(self, request: Request) -> bool:
+        """Whether a read's browser credentials (a cookie) may stand for the user: not when a page
+        on another site sent it without being listed — it cannot read the answer, but the user
+        would be counted present, under their name, where they never went. A browser names the
+        page by Origin on CORS requests, by Sec-Fetch-Site on the others."""
+        origin = request.header(b"origin")
+        if origin:
+            return _parse_origin(origin) == normal_origin(request.scheme, request.header(b"host")) or self.listed(
+                origin
+            )
+        return request.header(b"sec-fetch-site") in ("", "same-origin", "none")
+
     def check_acting(self, request: Request) -> bool:
         """Refuse (403) a browser request from a page that may not act here. Returns whether
         the request's cookie may stand for the user (False: present a token explicitly)."""

@@ -100,6 +100,7 @@ class Stream:
         "ends",
         "fmt",
         "listening",
+        "others",
         "pending",
         "positions",
         "present",
@@ -119,6 +120,9 @@ class Stream:
     ) -> None:
         self.registry = app.streams
         self.who = who  # the client's user, for presence
+        # Channels taken on under another identity (a WebSocket command answered by --auth-url
+        # after a handshake that named nobody): departed as whom they arrived as.
+        self.others: dict[str, Identity | None] | None = None
         self.present = False  # counted in presence on `channels`
         self.listening: set[str] = set()  # channels it hears join/leave on
         self.ends = ends
@@ -161,7 +165,7 @@ class Stream:
         (and presence; with `listen`, its join/leave events follow)."""
         self.app.hub.join(self.channels, self)  # first: past --max-channels it raises, nothing sent
         self.present = True
-        self._arrive(self.channels, listen)
+        self._arrive(self.channels, listen, self.who)
         self.chunked = False  # the backlog goes out unframed, as the stream's preamble
         backlog = self.catch_up(self.channels, batch)
         self.conn.start_stream(self.fmt.content_type, preamble=self.fmt.preamble() + b"".join(backlog))
@@ -184,11 +188,19 @@ class Stream:
         self.seen_to = {**self.seen_to, **batch.positions}
         return frames
 
-    def add_channels(self, channels: tuple[str, ...], batch: Batch, listen: bool = False) -> None:
-        """Take on `channels` while streaming: `batch` (read after the client's cursor on
-        them) goes out as `catch_up` frames it, then what comes live."""
+    def add_channels(
+        self, channels: tuple[str, ...], batch: Batch, listen: bool = False, who: Identity | None = None
+    ) -> None:
+        """Take on `channels` while streaming (as `who`, or as the stream's client): `batch`
+        (read after the client's cursor on them) goes out as `catch_up` frames it, then what
+        comes live."""
         self.app.hub.join(channels, self)  # first: past --max-channels it raises, nothing changed
-        self._arrive(channels, listen)
+        who = who or self.who
+        if who != self.who:
+            if self.others is None:
+                self.others = {}
+            self.others.update(dict.fromkeys(channels, who))
+        self._arrive(channels, listen, who)
         self._set_channels(tuple(dict.fromkeys(self.channels + channels)))
         for frame in self.catch_up(channels, batch):
             self._queue(frame)
@@ -202,19 +214,34 @@ class Stream:
         for name in gone:
             self.positions.pop(name, None)
 
-    def _arrive(self, channels: tuple[str, ...], listen: bool) -> None:
+    def _arrive(self, channels: tuple[str, ...], listen: bool, who: Identity | None) -> None:
         presence = self.app.hub.presence
-        presence.arrive(channels, self.who, self.fmt.name, wall_clock_ms())
-        if listen:
-            presence.listen(channels, self)
-            self.listening.update(channels)
+        presence.arrive(channels, who, self.fmt.name, wall_clock_ms())
+        self.listen_to(channels, listen)
+
+    def listen_to(self, channels: tuple[str, ...], listen: bool) -> None:
+        """Hear join/leave on `channels` (which the stream holds) from now on, if `listen`."""
+        new = [name for name in channels if name not in self.listening] if listen else ()
+        if new:
+            self.app.hub.presence.listen(new, self)
+            self.listening.update(new)
 
     def _depart(self, channels: list[str] | tuple[str, ...]) -> None:
         presence = self.app.hub.presence
-        presence.depart(channels, self.who, self.fmt.name, wall_clock_ms())
-        if self.listening:
+        if self.listening:  # (first: its own leave is not news to it)
             presence.unlisten(channels, self)
             self.listening.difference_update(channels)
+        now = wall_clock_ms()
+        others = self.others
+        if others:
+            own = []
+            for name in channels:
+                if name in others:
+                    presence.depart((name,), others.pop(name), self.fmt.name, now)
+                else:
+                    own.append(name)
+            channels = own
+        presence.depart(channels, self.who, self.fmt.name, now)
 
     def presence_event(self, event: str, channel: str, user: str, info: dict[str, Any] | None) -> None:
         self.push(self.fmt.event(event, event_fields(channel, user, info)))

@@ -176,6 +176,8 @@ class WebSocketSession:
             raise HttpError(400, "invalid_command", "presence is true or false")
         cursor = Cursor.parse(token)  # (before `joining`: a refused command leaves no trace)
         subscribed = self.stream.channels
+        if listen:  # (on channels it holds already: their join/leave from now on)
+            self.stream.listen_to(tuple(name for name in channels if name in subscribed), True)
         new = tuple(dict.fromkeys(name for name in channels if name not in subscribed and name not in self.joining))
         if len(subscribed) + len(self.joining) + len(new) > MAX_CHANNELS_PER_REQUEST:
             raise HttpError(400, "invalid_channel", f"at most {MAX_CHANNELS_PER_REQUEST} channels per socket")
@@ -201,7 +203,7 @@ class WebSocketSession:
 
     def _add(self, channels: tuple[str, ...], batch: Batch, listen: bool) -> None:
         self.joining.difference_update(channels)
-        self.stream.add_channels(channels, batch, listen)
+        self.stream.add_channels(channels, batch, listen, self.handshake.identity)
 
     # -- the stream's end (as its `StreamEnds`)
 
