@@ -198,3 +198,7 @@ def test_serve_help_shows_every_default_readably() -> None:
     assert "(default: none; env TIDINGS_AUTH_SECRET)" in text
     assert "(default: 8080; env TIDINGS_PORT)" in text
     assert "--access-log log one line per answered request (default: off; on with TIDINGS_ACCESS_LOG=1)" in text
+
+
+def test_a_negative_presence_grace_is_one_line_and_exit_1() -> None:
+    assert_one_line(serve("--port", "0", "--presence-grace", "-1"), "presence_grace must be 0 or more seconds")

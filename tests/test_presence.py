@@ -132,6 +132,21 @@ def test_nothing_is_left_behind_and_other_processes_count_only_while_someone_lis
     assert presence.channels == {}
 
 
+def test_a_long_poll_client_between_polls_has_its_events_kept_until_its_next_poll() -> None:
+    presence = Presence(grace_ms=1000)
+    presence.keep("k1", ("c",), 0)
+    presence.arrive(["c"], ANN, "sse", 1)
+    presence.arrive(["d"], BOB, "sse", 1)  # (not one of its channels)
+    assert presence.collect("k1", ("c",)) == [("join", "c", "ann", {"name": "Ann"})]
+    assert presence.collect("k1", ("c",)) == []  # (taken)
+    presence.keep("k2", ("c",), 10)
+    presence.expire(1010)  # it did not come back within the grace
+    assert "k2" not in presence.mailboxes
+    presence.depart(["c"], ANN, "sse", 1011)
+    presence.depart(["d"], BOB, "sse", 1011)
+    assert presence.channels == {}
+
+
 def test_the_list_is_capped_longest_present_first_with_the_total() -> None:
     presence = Presence(grace_ms=1000)
     for n in range(30):
@@ -506,3 +521,57 @@ def test_a_page_on_another_site_does_not_lend_the_users_cookie_to_a_read(
             )
     finally:
         backend.close()
+
+
+def test_a_named_long_poll_listener_hears_what_came_between_two_polls(
+    start_server: Callable[..., ServerProcess], channel: str
+) -> None:
+    srv = start_server()
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(base_url=srv.url, timeout=10) as client:
+            poll = f"/sub/{channel}?presence=1&client=page-1&timeout=0&user=lis"
+            assert (await client.get(poll)).json().get("events") is None
+            async with member(srv, "sse", channel, "ann"):  # ann comes while lis is between polls
+
+                async def listed() -> bool:
+                    return "ann" in await users_on(srv, channel)
+
+                await wait_for(listed, 10, "ann to be listed")
+                events = (await client.get(poll)).json()["events"]
+                assert events == [{"event": "join", "channel": channel, "user": "ann", "info": None}]
+
+            # ...and goes while it is between polls again; a poll that waits answers at once
+            async def gone() -> bool:
+                return "ann" not in await users_on(srv, channel)
+
+            await wait_for(gone, 10, "ann to be gone")
+            answer = (await client.get(poll.replace("timeout=0", "timeout=20"))).json()
+            assert answer["events"] == [{"event": "leave", "channel": channel, "user": "ann", "info": None}]
+
+    asyncio.run(scenario())
+
+
+def test_a_deleted_channels_subscribers_are_told_closed_not_each_others_leaving(
+    start_server: Callable[..., ServerProcess], channel: str
+) -> None:
+    srv = start_server()
+
+    async def scenario() -> None:
+        base = f"ws://{srv.host}:{srv.port}/ws/{channel}?presence=1&user="
+        async with connect(base + "w1") as w1, connect(base + "w2") as w2, connect(base + "w3") as w3:
+
+            async def three() -> bool:
+                return len(await users_on(srv, channel)) == 3
+
+            await wait_for(three, 10, "three users")
+            async with httpx.AsyncClient(base_url=srv.url) as client:
+                assert (await client.delete(f"/pub/{channel}")).status_code == 200
+            for ws in (w1, w2, w3):
+                heard = []
+                async with asyncio.timeout(10):
+                    while (frame := json.loads(await ws.recv()))["type"] != "closed":
+                        heard.append(frame)
+                assert [f for f in heard if f["type"] == "leave"] == []
+
+    asyncio.run(scenario())

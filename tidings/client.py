@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import secrets
 import warnings
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -153,10 +154,12 @@ class AsyncClient:
         body = response.json()
         return PublishResult(body["id"], body["channel"], body["subscribers"])
 
-    async def presence(self, channel: str, limit: int | None = None) -> Presence:
-        """Who is on `channel` now (over every process of the server)."""
-        query = f"?limit={limit}" if limit is not None else ""
-        response = await self.http.get(f"/channels/{quote(channel, safe='')}/presence{query}")
+    async def presence(self, channel: str, limit: int | None = None, user: str | None = None) -> Presence:
+        """Who is on `channel` now (over every process of the server); `user`: who asks, on a
+        server without authentication (it is then `you`)."""
+        query = {**({"limit": str(limit)} if limit is not None else {}), **({"user": user} if user else {})}
+        suffix = f"?{urlencode(query)}" if query else ""
+        response = await self.http.get(f"/channels/{quote(channel, safe='')}/presence{suffix}")
         if response.status_code != 200:
             raise _error(response)
         body = response.json()
@@ -181,6 +184,8 @@ class AsyncClient:
         reader = {"longpoll": self._longpoll, "sse": self._sse, "ws": self._ws}[transport]
         state = {"cursor": last_id}
         query = {**({"user": user} if user else {}), **({"presence": "1"} if on_presence else {})}
+        if on_presence and transport == "longpoll":  # (what comes between two polls comes with the next)
+            query["client"] = secrets.token_hex(8)
         hooks = _Hooks(on_gap, on_presence, query)
         backoff = RETRY_FIRST
         while True:
@@ -304,8 +309,8 @@ class Client:
     def publish(self, channel: str, data: Any) -> PublishResult:
         return self._runner.run(self._client.publish(channel, data))
 
-    def presence(self, channel: str, limit: int | None = None) -> Presence:
-        return self._runner.run(self._client.presence(channel, limit))
+    def presence(self, channel: str, limit: int | None = None, user: str | None = None) -> Presence:
+        return self._runner.run(self._client.presence(channel, limit, user))
 
     def subscribe(
         self,

@@ -426,6 +426,8 @@ class Hub:
             raise ValueError("buffer_size must be at least 1")
         if buffer_ttl <= 0:
             raise ValueError("buffer_ttl must be positive")
+        if not presence_grace >= 0:  # (also NaN)
+            raise ValueError("presence_grace must be 0 or more seconds")
         if max_channels < 0 or max_buffered_bytes < 0:
             raise ValueError("max_channels and max_buffered_bytes must be positive (or 0: no limit)")
         self.buffer_size = buffer_size
@@ -622,6 +624,7 @@ class Hub:
         ch = self.channels.pop(name, None)
         if ch is None:
             return None
+        self.presence.forget(name)  # (its subscribers are told `closed`: nobody "leaves")
         ch.clear()
         self._remember(name, ch.last_id)
         reached = ch.subscribers

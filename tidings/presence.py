@@ -27,6 +27,8 @@ from typing import Any, Final, NamedTuple, Protocol
 LONGPOLL: Final = "longpoll"
 MAX_USER_CHARS: Final = 128
 MAX_LISTED: Final = 1000  # users listed at most in one presence answer
+MAX_KEPT_EVENTS: Final = 100  # events kept for a long-poll client between two polls
+MAX_MAILBOXES: Final = 100_000
 
 
 class Identity(NamedTuple):
@@ -117,6 +119,25 @@ class Member:
         return sorted(names)
 
 
+PresenceEvent = tuple[str, str, str, dict[str, Any] | None]  # event, channel, user, info
+
+
+class Mailbox:
+    """A long-poll client between two polls, named by its `?client=`: it listens for it, so
+    that the join and leave events that come meanwhile reach its next poll."""
+
+    __slots__ = ("channels", "events", "until")
+
+    def __init__(self, channels: tuple[str, ...], until: int) -> None:
+        self.channels = channels
+        self.until = until
+        self.events: list[PresenceEvent] = []
+
+    def presence_event(self, event: str, channel: str, user: str, info: dict[str, Any] | None) -> None:
+        if len(self.events) < MAX_KEPT_EVENTS:  # (beyond: the client reads the list again)
+            self.events.append((event, channel, user, info))
+
+
 class ChannelPresence:
     __slots__ = ("anonymous", "anonymous_lingering", "listeners", "remote", "remote_known", "users")
 
@@ -155,6 +176,8 @@ class Presence:
         # Called when a channel gets its first listener (the server reads the other processes'
         # view of it then, rather than at the next second).
         self.first_listener: Callable[[], None] | None = None
+        self.mailboxes: dict[str, Mailbox] = {}  # long-poll clients between polls, by `?client=`
+        self.silent = False  # (shutting down: the others are not told of each client going)
 
     # -- subscribers
 
@@ -220,7 +243,10 @@ class Presence:
             self._tell(ch, "leave", name, user, member.info)
 
     def expire(self, now_ms: int) -> None:
-        """End the lingering long-polls whose grace is over (the server's sweep, each second)."""
+        """End the lingering long-polls whose grace is over (the server's sweep, each second),
+        and forget the events kept for long-poll clients that did not come back."""
+        for client in [client for client, mailbox in self.mailboxes.items() if mailbox.until <= now_ms]:
+            self.collect(client, ())
         for name in list(self.lingering):
             ch = self.channels.get(name)
             if ch is None:
@@ -264,9 +290,31 @@ class Presence:
                     del self.channels[name]
 
     def _tell(self, ch: ChannelPresence, event: str, name: str, user: str, info: dict[str, Any] | None) -> None:
-        if ch.listeners:
+        if ch.listeners and not self.silent:
             for listener in list(ch.listeners):  # (a listener may stop listening when told)
                 listener.presence_event(event, name, user, info)
+
+    def keep(self, client: str, channels: tuple[str, ...], now_ms: int) -> None:
+        """Keep the events of `channels` for long-poll client `client` until its next poll
+        (`collect`), for the grace at most."""
+        self.collect(client, ())
+        if len(self.mailboxes) < MAX_MAILBOXES:
+            mailbox = self.mailboxes[client] = Mailbox(channels, now_ms + self.grace_ms)
+            self.listen(channels, mailbox)
+
+    def collect(self, client: str, channels: tuple[str, ...]) -> list[PresenceEvent]:
+        """The events of `channels` kept for `client` since its last poll (and no longer kept)."""
+        mailbox = self.mailboxes.pop(client, None)
+        if mailbox is None:
+            return []
+        self.unlisten(mailbox.channels, mailbox)
+        return [event for event in mailbox.events if event[1] in channels]
+
+    def forget(self, name: str) -> None:
+        """Channel `name` was deleted: what was kept of it goes, without events."""
+        ch = self.channels.pop(name, None)
+        if ch is not None:
+            self.lingering.discard(name)
 
     def listened(self) -> list[str]:
         """The channels someone here listens on (whose remote views the server keeps fresh)."""

@@ -113,6 +113,13 @@
     subscribe(cursor || "oldest");
   }
 
+  nick.addEventListener("change", function () {  // (a new name is listed at once, not at the next message)
+    if (nick.value.trim()) {
+      localStorage.setItem("tidings-nick", nick.value);
+      renamed();
+    }
+  });
+
   form.addEventListener("submit", function (event) {
     event.preventDefault();
     var text = message.value;

@@ -19,8 +19,8 @@
  * every (re)connect {event: "here", channel, users: [{user, info, clients, transports, since}],
  * anonymous, total_users, you} (the whole list, from GET /channels/{channel}/presence), then
  * {event: "join" | "leave", channel, user, info} as users come and go. Join and leave are live
- * notices: what happens while disconnected (or, on long-poll, between two polls) comes with the
- * next "here" (long-poll asks again every 25-35 s). `user` names the client on a server without
+ * notices: what happens while disconnected comes with the next "here" (long-poll names itself
+ * with ?client=, so what happens between two polls comes with the next poll). `user` names the client on a server without
  * authentication (there the name is the client's word; with tokens or --auth-url it is theirs).
  *   const who = await Tidings.presence("", "chat");   // the same list, once
  */
@@ -79,9 +79,10 @@
     var socket = null;    // WebSocket
     var status = null;
     var fresh = true;     // first poll after (re)connecting answers at once: history + "connected"
-    var listing = null;   // timer of the long-poll's periodic presence list
     // What every subscribe URL carries besides the cursor: who the client is, whether it listens to presence.
     var extra = { user: options.user, presence: options.presence ? 1 : null };
+    // A long-poll listener's name: what it would have heard between two polls comes with the next.
+    var client = options.presence ? Math.random().toString(36).slice(2) + Date.now().toString(36) : null;
 
     function setStatus(next, detail) {
       if (next === status) return;
@@ -132,7 +133,6 @@
 
     function ended(detail) {
       closed = true;
-      if (listing) clearInterval(listing);
       setStatus("closed", detail);
       if (options.onClose) options.onClose(detail);
     }
@@ -141,9 +141,8 @@
       var query = "timeout=" + (fresh ? 0 : options.timeout || 30);
       if (cursor) query += "&last_id=" + encodeURIComponent(cursor);
       abort = new AbortController();
-      // Every 25-35 s (spread, so that many clients do not ask at once).
-      if (options.presence && !listing) listing = setInterval(listPresence, 25000 + Math.random() * 10000);
-      fetch(withToken(withQuery(url + "/sub/" + path + "?" + query, extra), options.token), { signal: abort.signal, cache: "no-store" })
+      var address = withQuery(url + "/sub/" + path + "?" + query, Object.assign({ client: client }, extra));
+      fetch(withToken(address, options.token), { signal: abort.signal, cache: "no-store" })
         .then(function (response) {
           if (response.status === 410) {
             return response.json().then(function (body) { ended({ channel: body.channel }); });
@@ -255,7 +254,6 @@
       close: function () {
         closed = true;
         if (retryTimer) clearTimeout(retryTimer);
-        if (listing) clearInterval(listing);
         if (abort) abort.abort();
         if (source) source.close();
         if (socket) { socket.onclose = null; socket.close(); }

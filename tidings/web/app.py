@@ -105,6 +105,7 @@ class App:
     def stop(self) -> None:
         """Answer held long-polls, end streams, close idle connections."""
         self.stopping = True
+        self.hub.presence.silent = True  # (every client goes now: that is no news to the others)
         if self._sweeper is not None:
             self._sweeper.cancel()
         if self.siblings is not None:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from tidings.errors import OverCapacity
 from tidings.hub import Batch, Message, MessageId, already_seen, cursor_token, encode_json, wall_clock_ms
-from tidings.presence import LONGPOLL, Identity, event_fields
+from tidings.presence import LONGPOLL, Identity, PresenceEvent, event_fields
 from tidings.web import params
 from tidings.web.errors import failing, http_error
 from tidings.web.h1 import error_body, shared_answer
@@ -57,6 +57,11 @@ def answer(
         conn.respond(200, poll_body(messages, cursor_token(channels, positions), gap, events))
 
 
+def _event_json(event: PresenceEvent) -> bytes:
+    name, channel, user, info = event
+    return encode_json({"event": name, **event_fields(channel, user, info)})
+
+
 class LongPoll:
     """A held long-poll: a waiter in the hub, present on its channels (see `tidings.presence`:
     it lingers after its answer), and, if it asked, a presence listener answered by a join or
@@ -65,6 +70,7 @@ class LongPoll:
     __slots__ = (
         "app",
         "channels",
+        "client",
         "conn",
         "events",
         "listening",
@@ -85,6 +91,7 @@ class LongPoll:
         positions: dict[str, MessageId],
         timeout: float,
         who: Identity | None,
+        client: str | None = None,
     ) -> None:
         self.app = app
         self.conn = conn
@@ -96,6 +103,7 @@ class LongPoll:
         self.present = False  # counted in presence
         self.listening = False  # hears join/leave
         self.events: list[bytes] | None = None  # presence events to answer with
+        self.client = client  # a listener's `?client=`: its events are kept until its next poll
 
     def arrive(self, listen: bool) -> None:
         presence = self.app.hub.presence
@@ -117,6 +125,8 @@ class LongPoll:
             if self.listening:
                 self.listening = False
                 hub.presence.unlisten(self.channels, self)
+                if self.client is not None:
+                    hub.presence.keep(self.client, self.channels, wall_clock_ms())
 
     def wake(self, message: Message) -> bool:
         if already_seen(message, self.positions):
@@ -135,7 +145,7 @@ class LongPoll:
             self.events = []
             if self.woken_by is None:
                 self.app.batcher.schedule(self)
-        self.events.append(encode_json({"event": event, **event_fields(channel, user, info)}))
+        self.events.append(_event_json((event, channel, user, info)))
 
     def flush(self) -> None:
         message, self.woken_by = self.woken_by, None
@@ -178,16 +188,26 @@ def subscribe(app: Services, request: Request, conn: HttpConnection, channels: t
     cursor = params.cursor(query, "last_id")
     timeout = params.seconds(query, "timeout", app.settings.poll_timeout, app.settings.max_poll_timeout)
     listen = params.flag(query, "presence")
+    # A listener that names itself is told, at its next poll, what it would have heard between
+    # the two (without a name, only what comes while a poll is held).
+    client = params.client_name(query, "client")  # (checked even where it is not used)
+    if not listen:
+        client = None
     who = request.identity
+    presence = app.hub.presence
 
     def answer_or_wait(batch: Batch) -> None:
         if batch.gaps:
             app.stats.gaps_served += 1
-        if batch.messages or batch.gaps or timeout == 0 or conn.stopping:
-            app.hub.presence.polled(channels, who, wall_clock_ms())
-            answer(conn, channels, batch.messages, batch.positions, bool(batch.gaps))
+        missed = [_event_json(event) for event in presence.collect(client, channels)] if client else []
+        if batch.messages or batch.gaps or missed or timeout == 0 or conn.stopping:
+            now = wall_clock_ms()
+            presence.polled(channels, who, now)
+            if client is not None:
+                presence.keep(client, channels, now)
+            answer(conn, channels, batch.messages, batch.positions, bool(batch.gaps), missed)
             return
-        waiter = LongPoll(app, conn, channels, batch.positions, timeout, who)
+        waiter = LongPoll(app, conn, channels, batch.positions, timeout, who, client)
         try:
             app.hub.wait(channels, waiter)  # (a long-poll answered at once holds no channel)
         except OverCapacity as exc:

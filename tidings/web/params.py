@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Mapping
 from urllib.parse import unquote_plus
 
@@ -88,3 +89,16 @@ def count(params: Mapping[str, str], name: str, maximum: int) -> int:
     if not (text.isascii() and text.isdigit()) or len(text) > 12 or int(text) > maximum:
         raise HttpError(400, "invalid_parameter", f"{name} must be a whole number from 0 to {maximum}")
     return int(text)
+
+
+_CLIENT_NAME = re.compile(r"[A-Za-z0-9_\-]{1,64}")
+
+
+def client_name(params: Mapping[str, str], name: str) -> str | None:
+    """An opaque name a client gives itself (1-64 of A-Za-z0-9_-), or None when absent."""
+    text = params.get(name)
+    if text is None:
+        return None
+    if _CLIENT_NAME.fullmatch(text) is None:
+        raise HttpError(400, "invalid_parameter", f"{name} is 1-64 characters of A-Za-z0-9_-")
+    return text
