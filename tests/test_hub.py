@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tidings.encoding import encode_json
 from tidings.errors import BuffersFull, InvalidChannel, InvalidCursor, TooManyChannels
 from tidings.hub import (
     FRAMING_OVERHEAD,
@@ -15,7 +16,6 @@ from tidings.hub import (
     MessageId,
     already_seen,
     cursor_token,
-    encode_json,
     parse_channels,
 )
 

@@ -23,7 +23,7 @@ from rawhttp import Connection
 from websockets.asyncio.client import connect
 
 from tidings.auth import mint
-from tidings.presence import Identity, Lingering, Presence, RemoteView, merge_reports
+from tidings.presence import Identity, Lingering, Presence, RemoteView, encode_report, merge_reports
 
 SECRET = "test-secret-of-some-length-0123456789"
 ANN, BOB = Identity("ann", {"name": "Ann"}), Identity("bob")
@@ -145,6 +145,28 @@ def test_a_long_poll_client_between_polls_has_its_events_kept_until_its_next_pol
     presence.depart(["c"], ANN, "sse", 1011)
     presence.depart(["d"], BOB, "sse", 1011)
     assert presence.channels == {}
+
+
+def test_other_processes_are_told_only_what_changed() -> None:
+    presence = Presence(grace_ms=1000)
+    presence.arrive(["a"], None, "sse", 1)
+    presence.arrive(["b"], ANN, "websocket", 1)
+    whole = presence.report(full=True)
+    assert whole == {
+        "a": b'{"users":{},"anonymous":1}',
+        "b": b'{"users":{"ann":[1,["websocket"],1,{"name":"Ann"}]},"anonymous":0}',
+    }
+    assert presence.report() == {}  # nothing changed
+    for now in (2, 3, 4):  # a long-poll client polling: the same one present all along
+        presence.polled(["a"], None, now)
+    presence.arrive(["b"], ANN, "sse", 5)
+    presence.depart(["b"], ANN, "sse", 6)
+    assert presence.report() == {"a": b'{"users":{},"anonymous":2}'}
+    presence.depart(["a"], None, "sse", 7)
+    presence.depart(["b"], ANN, "websocket", 7)
+    presence.expire(10_000)
+    assert presence.report() == {"a": None, "b": None}
+    assert encode_report({"a": None, "b": b"{}"}) == b'{"a":null,"b":{}}'
 
 
 def test_the_list_is_capped_longest_present_first_with_the_total() -> None:

@@ -33,8 +33,8 @@ from typing import Any
 
 from prometheus_client import Histogram
 
+from tidings.encoding import encode_json
 from tidings.http_client import JsonPoster, UpstreamError
-from tidings.hub import encode_json
 from tidings.presence import Identity, user_name
 from tidings.web.http import HttpError, Request
 

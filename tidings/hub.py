@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple, Protocol
 
+from tidings.encoding import encode_json
 from tidings.errors import BuffersFull, InvalidChannel, InvalidCursor, TooManyChannels
 from tidings.presence import Presence
 
@@ -85,10 +86,6 @@ ZERO_ID: Final = MessageId(0, 0)
 
 def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-def encode_json(value: JSONValue) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 class Message:

@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple, Protocol
 
+from tidings.encoding import encode_json
+
 LONGPOLL: Final = "longpoll"
 MAX_USER_CHARS: Final = 128
 MAX_LISTED: Final = 1000  # users listed at most in one presence answer
@@ -178,11 +180,17 @@ class Presence:
         self.first_listener: Callable[[], None] | None = None
         self.mailboxes: dict[str, Mailbox] = {}  # long-poll clients between polls, by `?client=`
         self.silent = False  # (shutting down: the others are not told of each client going)
+        # For the reports to other processes (`report`): channels changed since the last one, and
+        # what they were told of each (an anonymous count, or the entry's JSON).
+        self.dirty: set[str] = set()
+        self.reported: dict[str, int | bytes] = {}
 
     # -- subscribers
 
     def arrive(self, names: Iterable[str], who: Identity | None, transport: str, now_ms: int) -> None:
+        dirty = self.dirty
         for name in names:
+            dirty.add(name)
             ch = self.channels.get(name)
             if ch is None:
                 ch = self.channels[name] = ChannelPresence()
@@ -206,10 +214,12 @@ class Presence:
     def depart(self, names: Iterable[str], who: Identity | None, transport: str, now_ms: int) -> None:
         """A subscriber has gone; a long-poll lingers (see the module's docstring)."""
         linger_until = now_ms + self.grace_ms if transport == LONGPOLL else 0
+        dirty = self.dirty
         for name in names:
             ch = self.channels.get(name)
             if ch is None:
                 continue
+            dirty.add(name)
             if who is None:
                 if ch.anonymous:
                     ch.anonymous -= 1
@@ -252,6 +262,7 @@ class Presence:
             if ch is None:
                 self.lingering.discard(name)
                 continue
+            self.dirty.add(name)
             ch.anonymous_lingering.expire(now_ms)
             still = bool(ch.anonymous_lingering)
             for user, member in list(ch.users.items()):
@@ -315,6 +326,7 @@ class Presence:
         ch = self.channels.pop(name, None)
         if ch is not None:
             self.lingering.discard(name)
+            self.dirty.add(name)
 
     def listened(self) -> list[str]:
         """The channels someone here listens on (whose remote views the server keeps fresh)."""
@@ -322,15 +334,37 @@ class Presence:
 
     # -- other processes
 
-    def report(self) -> dict[str, dict[str, Any]]:
-        """What this process holds, for the others (see `RemoteView`): channels with anyone."""
-        held: dict[str, dict[str, Any]] = {}
-        for name, ch in self.channels.items():
-            anonymous = ch.anonymous + len(ch.anonymous_lingering)
-            if ch.users or anonymous:
-                users = {u: [m.clients, m.transports(), m.since, m.info] for u, m in ch.users.items()}
-                held[name] = {"users": users, "anonymous": anonymous}
-        return held
+    def report(self, full: bool = False) -> dict[str, bytes | None]:
+        """What changed since the last report, for the other processes: per channel its entry
+        (JSON of {"users": {user: [clients, transports, since, info]}, "anonymous": n}; see
+        `RemoteView`), or None where nobody is left. `full`: every channel with anyone, as to
+        someone who was told nothing (the first report, or after the bus lost what it held).
+        Sending changes only: 50,000 users on 500 channels took ~200 ms a second to report whole."""
+        reported = self.reported
+        if full:
+            reported.clear()
+            names: Iterable[str] = self.channels
+        else:
+            names = self.dirty
+        changes: dict[str, bytes | None] = {}
+        for name in names:
+            ch = self.channels.get(name)
+            anonymous = ch.anonymous + len(ch.anonymous_lingering) if ch is not None else 0
+            if ch is None or not (ch.users or anonymous):
+                if reported.pop(name, None) is not None:
+                    changes[name] = None
+                continue
+            if not ch.users:  # (most channels: compared without encoding anything)
+                if reported.get(name) != anonymous:
+                    reported[name] = anonymous
+                    changes[name] = b'{"users":{},"anonymous":%d}' % anonymous
+                continue
+            users = {u: [m.clients, m.transports(), m.since, m.info] for u, m in ch.users.items()}
+            entry = encode_json({"users": users, "anonymous": anonymous})
+            if reported.get(name) != entry:
+                reported[name] = changes[name] = entry
+        self.dirty = set()
+        return changes
 
     def set_remote(self, name: str, view: RemoteView) -> None:
         """Other processes' view of channel `name` (see `merge_reports`), for a channel someone
@@ -391,6 +425,13 @@ class Presence:
 
 def _by_arrival(item: tuple[str, int]) -> tuple[int, str]:
     return item[1], item[0]
+
+
+def encode_report(changes: dict[str, bytes | None]) -> bytes:
+    """`Presence.report`'s changes as one JSON object (channel names need no escaping)."""
+    return b"{%s}" % b",".join(
+        b'"%s":%s' % (name.encode(), b"null" if entry is None else entry) for name, entry in changes.items()
+    )
 
 
 def merge_reports(reports: Iterable[dict[str, Any]]) -> RemoteView:

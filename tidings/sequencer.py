@@ -4,8 +4,8 @@ and fans it out to the Tidings processes, so that a cursor means the same in eve
 `tidings zmq-proxy` runs it. Three ZeroMQ sockets, all bound here (and a Unix socket, below):
 
 - `requests` (ROUTER): what Tidings processes ask (`ZmqBroker`, tidings/brokers/zmq.py):
-  publish, history, info, delete, probe, report; and presence: `here` (a process's, replacing
-  its last) and `who` (the others', for some channels). Each request is one frame of fields
+  publish, history, info, delete, probe, report; and presence: `here` (changes to a process's, or the
+  whole of it) and `who` (the others', for some channels). Each request is one frame of fields
   ``op ref deadline *args`` (`deadline`: wall-clock ms after which the asker has given up, so the
   request is dropped) and each answer ``ref ok *results`` or ``ref err code detail``. The
   requests a process makes in one loop turn travel as one message of such frames, and their
@@ -65,8 +65,9 @@ from typing import Any, cast
 import zmq
 
 from tidings.brokers.base import foreign_data
+from tidings.encoding import encode_json
 from tidings.errors import InvalidChannel, OverCapacity, TidingsError
-from tidings.hub import Hub, JSONValue, MessageId, encode_json, validate_channel, wall_clock_ms
+from tidings.hub import Hub, JSONValue, MessageId, validate_channel, wall_clock_ms
 
 log = logging.getLogger("tidings.sequencer")
 
@@ -565,13 +566,24 @@ class Sequencer:
             channel = _channel(name)
             self._send(pack(name, b"probe", token, str(self.hub.last_id(channel)).encode()))
             return []
-        if op in (b"report", b"here"):  # a process's subscriber counts, or its presence
+        if op == b"report":  # a process's subscriber counts
             node, report = unpack(args, 2)
-            held = json.loads(report)
-            if not isinstance(held, dict):
-                raise ValueError("a report is a JSON object")
-            (self.counts if op == b"report" else self.presence)[node] = (time.monotonic(), held)
+            self.counts[node] = (time.monotonic(), _json_object(report))
             return []
+        if op == b"here":  # changes to a process's presence (whole: replacing what it said before)
+            node, whole, report = unpack(args, 3)
+            changes = _json_object(report)
+            known = self.presence.get(node)
+            if whole != b"1" and known is None:
+                return [b"0"]  # (forgotten, or never told: it says it all next time)
+            held = {} if whole == b"1" or known is None else known[1]
+            for channel, entry in changes.items():
+                if entry is None:
+                    held.pop(channel, None)
+                else:
+                    held[channel] = entry
+            self.presence[node] = (time.monotonic(), held)
+            return [b"1"]
         if op == b"who":
             node, names = unpack(args, 2)
             wanted = json.loads(names)
@@ -600,6 +612,13 @@ class Sequencer:
 
     def stats(self) -> dict[str, JSONValue]:
         return {"published": self.published, "channels": len(self.hub.channels), "processes": len(self.counts)}
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    value = json.loads(raw)
+    if not isinstance(value, dict):
+        raise ValueError("a report is a JSON object")
+    return value
 
 
 def _channel(raw: bytes) -> str:

@@ -592,3 +592,31 @@ def test_a_killed_sequencers_socket_file_is_taken_over_and_a_live_ones_is_not() 
         peer.close()
     finally:
         forwarder.kill()
+
+
+def test_processes_tell_the_sequencer_their_presence_in_changes(forwarder: Forwarder, channel: str) -> None:
+    """`here` (a process's presence: whole, or the changes since its last) and `who` (the others'),
+    spoken by hand: changes from a process the sequencer does not know are answered 0 (then it
+    says it all), and a process never hears its own."""
+    context = zmq.Context()
+    dealer = context.socket(zmq.DEALER)
+    try:
+        dealer.connect(forwarder.requests)
+        deadline = b"%d" % (time.time() * 1000 + 60_000)
+
+        def ask(*fields: bytes) -> list[bytes]:
+            dealer.send(b"\x00".join([fields[0], b"r", deadline, *fields[1:]]))
+            assert dealer.poll(5000)
+            return dealer.recv().split(b"\x00")[2:]  # (after the reference and "ok")
+
+        ann = b'{"users":{"ann":[1,["sse"],5,null]},"anonymous":0}'
+        room, other = channel.encode(), channel.encode() + b"-other"
+        assert ask(b"here", b"n1", b"0", b'{"%s":%s}' % (room, ann)) == [b"0"]  # (not known yet)
+        assert ask(b"here", b"n1", b"1", b'{"%s":%s,"%s":%s}' % (room, ann, other, ann)) == [b"1"]
+        assert ask(b"here", b"n1", b"0", b'{"%s":null}' % other) == [b"1"]
+        who = json.loads(ask(b"who", b"n2", json.dumps([channel, f"{channel}-other"]).encode())[0])
+        assert who == {channel: [json.loads(ann)], f"{channel}-other": []}
+        assert json.loads(ask(b"who", b"n1", json.dumps([channel]).encode())[0]) == {channel: []}
+    finally:
+        dealer.close(0)
+        context.term()

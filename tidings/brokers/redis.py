@@ -35,6 +35,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from tidings.brokers.base import NumberingBus, cancel_all, foreign_data
+from tidings.encoding import encode_json
 from tidings.errors import BrokerUnavailable, InvalidChannel
 from tidings.hub import (
     ZERO_ID,
@@ -45,7 +46,6 @@ from tidings.hub import (
     Message,
     MessageId,
     Published,
-    encode_json,
     validate_channel,
     wall_clock_ms,
 )
@@ -285,28 +285,40 @@ class RedisStore:
         )
         return bool(existed), int(told)
 
-    async def report(self, node: str, counts: dict[str, int], held: dict[str, Any]) -> None:
-        """This process's subscriber counts and presence (`Presence.report`), replacing its
-        previous report."""
+    async def report(
+        self, node: str, counts: dict[str, int], changes: dict[str, bytes | None], full: bool, holding: bool
+    ) -> bool:
+        """This process's subscriber counts (replacing its previous report) and the changes to its
+        presence (`Presence.report`; `full`: all of it, replacing; `holding`: whether it holds
+        anyone now). Returns False when Redis had lost the presence reported before (it expired,
+        or Redis restarted empty): the next report must be full."""
         key = self.node_prefix + node
         presence_key = self.presence_prefix + node
+        gone = [name for name, entry in changes.items() if entry is None]
+        entries = {name: entry for name, entry in changes.items() if entry is not None}
         try:
             async with self.client.pipeline(transaction=True) as pipe:
-                pipe.delete(key, presence_key)
+                pipe.delete(key)
+                if full:
+                    pipe.delete(presence_key)
+                elif gone:
+                    pipe.hdel(presence_key, *gone)
+                if entries:
+                    pipe.hset(presence_key, mapping=entries)  # type: ignore[arg-type]
+                pipe.pexpire(presence_key, REPORT_TTL_MS)
                 if counts:
                     pipe.hset(key, mapping=counts)  # type: ignore[arg-type]
                     pipe.pexpire(key, REPORT_TTL_MS)
-                if held:
-                    pipe.hset(presence_key, mapping={name: encode_json(view) for name, view in held.items()})
-                    pipe.pexpire(presence_key, REPORT_TTL_MS)
-                if counts or held:
+                if counts or holding:
                     pipe.sadd(self.nodes_key, node)
-                await pipe.execute()
+                results = await pipe.execute()
+                kept = bool(results[(2 if full or gone else 1) + (1 if entries else 0)]) or not holding
                 # Forget processes whose counts expired (crashed or idle).
                 for member in await self.client.smembers(self.nodes_key):
                     name = member.decode() if isinstance(member, bytes) else member
                     if not await self.client.exists(self.node_prefix + name, self.presence_prefix + name):
                         await self.client.srem(self.nodes_key, member)
+                return kept
         except RedisError as exc:
             raise BrokerUnavailable(f"redis: {exc}") from None
 
@@ -525,10 +537,14 @@ class RedisBroker(NumberingBus):
         self.hub.ingest(Message(ZERO_ID, channel, foreign_data(payload), now, live=True), now)
 
     async def _report(self) -> None:
+        presence = self.hub.presence
+        full = True  # (the first report, and after Redis lost ours)
         while True:
             await asyncio.sleep(REPORT_INTERVAL if self.subscribed else 0.5)
             counts = {name: ch.subscribers for name, ch in self.hub.channels.items() if ch.subscribers}
+            changes = presence.report(full)
             try:
-                await self.store.report(self.node, counts, self.hub.presence.report())
+                full = not await self.store.report(self.node, counts, changes, full, bool(presence.reported))
             except BrokerUnavailable as exc:
+                full = True  # (what was not told is told whole next time)
                 log.debug("subscriber counts not reported: %s", exc)

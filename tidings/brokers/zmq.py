@@ -28,6 +28,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from tidings.brokers.base import NumberingBus, cancel_all
 from tidings.brokers.links import link_for
+from tidings.encoding import encode_json
 from tidings.errors import BrokerFailed, BrokerUnavailable, TidingsError, TooManyChannels
 from tidings.hub import (
     ZERO_ID,
@@ -38,10 +39,9 @@ from tidings.hub import (
     Message,
     MessageId,
     Published,
-    encode_json,
     wall_clock_ms,
 )
-from tidings.presence import RemoteView, merge_reports
+from tidings.presence import RemoteView, encode_report, merge_reports
 from tidings.sequencer import CONTROL, HEARTBEAT, SEP, WIRE_VERSION, pack, parse_id
 
 log = logging.getLogger("tidings.zmq")
@@ -127,7 +127,7 @@ class ZmqBroker(NumberingBus):
         await cancel_all(self._tasks)
         if self.told_presence:  # (so that the others do not list our users for NODE_TTL more)
             with contextlib.suppress(BrokerUnavailable, TimeoutError):
-                await asyncio.wait_for(self._ask(b"here", self.node, b"{}"), 0.5)
+                await asyncio.wait_for(self._ask(b"here", self.node, b"1", b"{}"), 0.5)
         self.closed = True
         for request in self.pending.values():
             if not request.answer.done():
@@ -242,15 +242,25 @@ class ZmqBroker(NumberingBus):
         return self._request(b"info", (channel.encode(), self.node, self._own_count(channel)), info)
 
     async def _report(self) -> None:
+        presence = self.hub.presence
+        full = True  # (the first report, and whenever the sequencer does not know ours)
         while True:
             await asyncio.sleep(REPORT_INTERVAL)
             counts = {name: ch.subscribers for name, ch in self.hub.channels.items() if ch.subscribers}
-            held = self.hub.presence.report()
+            changes = presence.report(full)
             with contextlib.suppress(BrokerUnavailable):
                 await self._ask(b"report", self.node, json.dumps(counts).encode())
-                if held or self.told_presence:  # (once more when it empties: the sequencer forgets)
-                    await self._ask(b"here", self.node, encode_json(held))
-                    self.told_presence = bool(held)
+            if not (changes or presence.reported or self.told_presence):
+                continue  # (nothing held, nothing to take back)
+            try:
+                known = await self._ask(b"here", self.node, b"1" if full else b"0", encode_report(changes))
+            except BrokerUnavailable:
+                full = True
+                continue
+            # Each report keeps ours alive there; one it could not add to (it restarted, or forgot
+            # us) is answered 0: the next one is whole.
+            full = known == [b"0"]
+            self.told_presence = bool(presence.reported)
 
     def presence_elsewhere(self, channels: list[str]) -> asyncio.Future[dict[str, RemoteView]]:
         def views(fields: list[bytes]) -> dict[str, RemoteView]:

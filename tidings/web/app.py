@@ -17,8 +17,9 @@ from tidings.auth import Auth, PublicChannels, token_of
 from tidings.auth_backend import BackendAuth
 from tidings.brokers import Broker
 from tidings.config import Settings
+from tidings.encoding import encode_json
 from tidings.errors import TidingsError
-from tidings.hub import JSONValue, Published, encode_json, parse_channels, validate_channel, wall_clock_ms
+from tidings.hub import JSONValue, Published, parse_channels, validate_channel, wall_clock_ms
 from tidings.presence import Identity, user_name
 from tidings.relay import Relay
 from tidings.web import info, longpoll, metrics, openapi, params, sse, static, stream, websocket

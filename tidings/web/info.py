@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from tidings.hub import ChannelInfo, JSONValue, encode_json, validate_channel
+from tidings.encoding import encode_json
+from tidings.hub import ChannelInfo, JSONValue, validate_channel
 from tidings.presence import MAX_LISTED, RemoteView
 from tidings.web import params
 from tidings.web.errors import failing

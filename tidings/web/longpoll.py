@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from tidings.encoding import encode_json
 from tidings.errors import OverCapacity
-from tidings.hub import Batch, Message, MessageId, already_seen, cursor_token, encode_json, wall_clock_ms
+from tidings.hub import Batch, Message, MessageId, already_seen, cursor_token, wall_clock_ms
 from tidings.presence import LONGPOLL, Identity, PresenceEvent, event_fields
 from tidings.web import params
 from tidings.web.errors import failing, http_error

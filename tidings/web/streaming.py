@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from websockets.frames import Frame, Opcode
 
-from tidings.hub import ZERO_ID, Batch, Message, MessageId, already_seen, cursor_token, encode_json, wall_clock_ms
+from tidings.encoding import encode_json
+from tidings.hub import ZERO_ID, Batch, Message, MessageId, already_seen, cursor_token, wall_clock_ms
 from tidings.presence import Identity, event_fields
 from tidings.web.h1 import chunk
 

@@ -30,8 +30,9 @@ from websockets.http11 import Request as WsRequest
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+from tidings.encoding import encode_json
 from tidings.errors import TidingsError
-from tidings.hub import MAX_CHANNELS_PER_REQUEST, Batch, Cursor, Published, encode_json, validate_channel
+from tidings.hub import MAX_CHANNELS_PER_REQUEST, Batch, Cursor, Published, validate_channel
 from tidings.web import params
 from tidings.web.errors import failing, http_error
 from tidings.web.http import HttpConnection, HttpError, Request
