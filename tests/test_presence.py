@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+import redis
 from auth_app import Backend
 from conftest import RedisProcess, ServerProcess, subscribers, wait_until
 from rawhttp import Connection
@@ -139,6 +140,7 @@ def test_a_long_poll_client_between_polls_has_its_events_kept_until_its_next_pol
     presence.arrive(["d"], BOB, "sse", 1)  # (not one of its channels)
     assert presence.collect("k1", ("c",)) == [("join", "c", "ann", {"name": "Ann"})]
     assert presence.collect("k1", ("c",)) == []  # (taken)
+    presence.release("k1")
     presence.keep("k2", ("c",), 10)
     presence.expire(1010)  # it did not come back within the grace
     assert "k2" not in presence.mailboxes
@@ -147,8 +149,28 @@ def test_a_long_poll_client_between_polls_has_its_events_kept_until_its_next_pol
     assert presence.channels == {}
 
 
+def test_a_polling_listener_keeps_the_other_processes_view_from_poll_to_poll() -> None:
+    presence, poll = Presence(grace_ms=1000), Heard()
+    presence.listen(["c"], poll)  # a held poll
+    presence.set_remote("c", RemoteView({"ann": [1, ["sse"], 1, None]}, 0))  # (its first view: silent)
+    for _ in range(3):  # answered (by a message), and its next poll held: the mailbox in between
+        presence.keep("k", ("c",), 0)
+        presence.unlisten(["c"], poll)
+        assert presence.listened() == []  # (a mailbox alone is not read for)
+        presence.listen(["c"], poll)
+        presence.release("k")
+    presence.keep("k", ("c",), 0)
+    presence.unlisten(["c"], poll)
+    presence.set_remote("c", RemoteView({"ann": [1, ["sse"], 1, None], "bob": [1, ["sse"], 2, None]}, 0))
+    presence.arrive(["c"], Identity("ann"), "sse", 3)  # (ann is elsewhere already: no join)
+    assert presence.collect("k", ("c",)) == [("join", "c", "bob", None)]
+
+
 def test_other_processes_are_told_only_what_changed() -> None:
     presence = Presence(grace_ms=1000)
+    presence.arrive(["x"], None, "sse", 0)
+    presence.depart(["x"], None, "sse", 0)
+    assert presence.dirty is None  # (nobody asks for reports: nothing is kept for them)
     presence.arrive(["a"], None, "sse", 1)
     presence.arrive(["b"], ANN, "websocket", 1)
     whole = presence.report(full=True)
@@ -157,12 +179,18 @@ def test_other_processes_are_told_only_what_changed() -> None:
         "b": b'{"users":{"ann":[1,["websocket"],1,{"name":"Ann"}]},"anonymous":0}',
     }
     assert presence.report() == {}  # nothing changed
-    for now in (2, 3, 4):  # a long-poll client polling: the same one present all along
-        presence.polled(["a"], None, now)
+    presence.arrive(["a"], None, "longpoll", 2)  # a long-poll client arrives (a change)...
+    presence.report()
+    for now in (3, 4, 5):  # ...and polls: the same one present all along
+        presence.depart(["a"], None, "longpoll", now)
+        presence.arrive(["a"], None, "longpoll", now)
+    presence.expire(900)
+    assert presence.dirty == set()  # (nothing to look at, even)
     presence.arrive(["b"], ANN, "sse", 5)
     presence.depart(["b"], ANN, "sse", 6)
-    assert presence.report() == {"a": b'{"users":{},"anonymous":2}'}
+    assert presence.report() == {}
     presence.depart(["a"], None, "sse", 7)
+    presence.depart(["a"], None, "longpoll", 7)
     presence.depart(["b"], ANN, "websocket", 7)
     presence.expire(10_000)
     assert presence.report() == {"a": None, "b": None}
@@ -597,3 +625,36 @@ def test_a_deleted_channels_subscribers_are_told_closed_not_each_others_leaving(
                 assert [f for f in heard if f["type"] == "leave"] == []
 
     asyncio.run(scenario())
+
+
+def test_presence_a_redis_lost_is_told_whole_again(
+    start_server: Callable[..., ServerProcess], own_redis: RedisProcess, channel: str
+) -> None:
+    flags = ("--broker", own_redis.url, "--redis-prefix", f"p{channel}:")
+    first, second = start_server(*flags), start_server(*flags)
+
+    async def scenario() -> None:
+        async with member(first, "sse", f"{channel}-a", "ann"), member(first, "sse", f"{channel}-b", "bob"):
+
+            async def both_seen() -> bool:
+                return await users_on(second, f"{channel}-b") == {"bob": ["sse"]}
+
+            await wait_for(both_seen, 15, "bob to be seen on the second process")
+            client = redis.Redis.from_url(own_redis.url)
+            try:
+                client.flushall()  # (as a Redis restarted empty)
+            finally:
+                client.close()
+            async with member(first, "sse", f"{channel}-a", "cy"):  # a change on another channel
+
+                async def whole_again() -> bool:
+                    return await users_on(second, f"{channel}-b") == {"bob": ["sse"]}
+
+                await wait_for(lambda: _seen(second, f"{channel}-a", {"ann", "cy"}), 15, "cy on the second")
+                await wait_for(whole_again, 15, "bob on the second again")
+
+    asyncio.run(scenario())
+
+
+async def _seen(srv: ServerProcess, channel: str, users: set[str]) -> bool:
+    return set(await users_on(srv, channel)) == users

@@ -29,8 +29,8 @@ from tidings.encoding import encode_json
 LONGPOLL: Final = "longpoll"
 MAX_USER_CHARS: Final = 128
 MAX_LISTED: Final = 1000  # users listed at most in one presence answer
-MAX_KEPT_EVENTS: Final = 100  # events kept for a long-poll client between two polls
-MAX_MAILBOXES: Final = 100_000
+MAX_KEPT_EVENTS: Final = 64  # events kept for a long-poll client between two polls
+MAX_MAILBOXES: Final = 10_000
 
 
 class Identity(NamedTuple):
@@ -136,7 +136,7 @@ class Mailbox:
         self.events: list[PresenceEvent] = []
 
     def presence_event(self, event: str, channel: str, user: str, info: dict[str, Any] | None) -> None:
-        if len(self.events) < MAX_KEPT_EVENTS:  # (beyond: the client reads the list again)
+        if len(self.events) < MAX_KEPT_EVENTS:  # (beyond: tidings.js reads the list again every 30 s)
             self.events.append((event, channel, user, info))
 
 
@@ -180,9 +180,10 @@ class Presence:
         self.first_listener: Callable[[], None] | None = None
         self.mailboxes: dict[str, Mailbox] = {}  # long-poll clients between polls, by `?client=`
         self.silent = False  # (shutting down: the others are not told of each client going)
-        # For the reports to other processes (`report`): channels changed since the last one, and
-        # what they were told of each (an anonymous count, or the entry's JSON).
-        self.dirty: set[str] = set()
+        # For the reports to other processes (`report`; kept only where a bus asks for them):
+        # channels changed since the last one, and what they were told of each (an anonymous
+        # count, or the entry's JSON).
+        self.dirty: set[str] | None = None
         self.reported: dict[str, int | bytes] = {}
 
     # -- subscribers
@@ -190,24 +191,29 @@ class Presence:
     def arrive(self, names: Iterable[str], who: Identity | None, transport: str, now_ms: int) -> None:
         dirty = self.dirty
         for name in names:
-            dirty.add(name)
             ch = self.channels.get(name)
             if ch is None:
                 ch = self.channels[name] = ChannelPresence()
             if who is None:
                 if transport == LONGPOLL and ch.anonymous_lingering:
-                    ch.anonymous_lingering.take()
+                    ch.anonymous_lingering.take()  # (the same count: nothing to report)
+                elif dirty is not None:
+                    dirty.add(name)
                 ch.anonymous += 1
                 continue
             member = ch.users.get(who.user)
             joined = member is None and who.user not in ch.remote.users
+            changed = True  # (a client more: unless it takes a lingering one's place)
             if member is None:
                 member = ch.users[who.user] = Member(who.info, now_ms)
             elif transport == LONGPOLL and member.lingering:
                 member.lingering.take()
-            if who.info is not None:
-                member.info = who.info
+                changed = False
+            if who.info is not None and who.info != member.info:
+                member.info, changed = who.info, True
             member.open[transport] = member.open.get(transport, 0) + 1
+            if changed and dirty is not None:
+                dirty.add(name)
             if joined:
                 self._tell(ch, "join", name, who.user, member.info)
 
@@ -219,13 +225,14 @@ class Presence:
             ch = self.channels.get(name)
             if ch is None:
                 continue
-            dirty.add(name)
             if who is None:
                 if ch.anonymous:
                     ch.anonymous -= 1
-                if linger_until:
+                if linger_until:  # (the same count, lingering: nothing to report)
                     ch.anonymous_lingering.add(linger_until)
                     self.lingering.add(name)
+                elif dirty is not None:
+                    dirty.add(name)
             else:
                 member = ch.users.get(who.user)
                 if member is None or not member.open.get(transport):
@@ -233,6 +240,8 @@ class Presence:
                 member.open[transport] -= 1
                 if not member.open[transport]:
                     del member.open[transport]
+                if not linger_until and dirty is not None:
+                    dirty.add(name)  # (a client fewer)
                 if linger_until:
                     member.lingering.add(linger_until)
                     self.lingering.add(name)
@@ -256,21 +265,26 @@ class Presence:
         """End the lingering long-polls whose grace is over (the server's sweep, each second),
         and forget the events kept for long-poll clients that did not come back."""
         for client in [client for client, mailbox in self.mailboxes.items() if mailbox.until <= now_ms]:
-            self.collect(client, ())
+            self.release(client)
         for name in list(self.lingering):
             ch = self.channels.get(name)
             if ch is None:
                 self.lingering.discard(name)
                 continue
-            self.dirty.add(name)
+            before = len(ch.anonymous_lingering)
             ch.anonymous_lingering.expire(now_ms)
+            ended = len(ch.anonymous_lingering) != before
             still = bool(ch.anonymous_lingering)
             for user, member in list(ch.users.items()):
                 if member.lingering:
+                    before = len(member.lingering)
                     member.lingering.expire(now_ms)
+                    ended = ended or len(member.lingering) != before
                     if not member.clients:
                         self._gone(ch, name, user, member)
                     still = still or bool(member.lingering)
+            if ended and self.dirty is not None:
+                self.dirty.add(name)
             if not still:
                 self.lingering.discard(name)
             if ch.idle():
@@ -307,30 +321,47 @@ class Presence:
 
     def keep(self, client: str, channels: tuple[str, ...], now_ms: int) -> None:
         """Keep the events of `channels` for long-poll client `client` until its next poll
-        (`collect`), for the grace at most."""
-        self.collect(client, ())
+        (`collect`), for the grace at most. (Call it before the poll stops listening: a channel
+        whose listeners drop to none forgets the other processes' view, see `unlisten`.)"""
+        old = self.mailboxes.pop(client, None)
         if len(self.mailboxes) < MAX_MAILBOXES:
             mailbox = self.mailboxes[client] = Mailbox(channels, now_ms + self.grace_ms)
             self.listen(channels, mailbox)
+        if old is not None:
+            self.unlisten(old.channels, old)
 
     def collect(self, client: str, channels: tuple[str, ...]) -> list[PresenceEvent]:
-        """The events of `channels` kept for `client` since its last poll (and no longer kept)."""
-        mailbox = self.mailboxes.pop(client, None)
+        """The events of `channels` kept for `client` since its last poll (no longer kept; the
+        mailbox listens on until `release`, or a `keep` replaces it)."""
+        mailbox = self.mailboxes.get(client)
         if mailbox is None:
             return []
-        self.unlisten(mailbox.channels, mailbox)
-        return [event for event in mailbox.events if event[1] in channels]
+        events, mailbox.events = mailbox.events, []
+        return [event for event in events if event[1] in channels]
+
+    def release(self, client: str) -> None:
+        """`client`'s next poll listens itself now: its mailbox goes."""
+        mailbox = self.mailboxes.pop(client, None)
+        if mailbox is not None:
+            self.unlisten(mailbox.channels, mailbox)
 
     def forget(self, name: str) -> None:
         """Channel `name` was deleted: what was kept of it goes, without events."""
         ch = self.channels.pop(name, None)
         if ch is not None:
             self.lingering.discard(name)
-            self.dirty.add(name)
+            if self.dirty is not None:
+                self.dirty.add(name)
 
     def listened(self) -> list[str]:
-        """The channels someone here listens on (whose remote views the server keeps fresh)."""
-        return [name for name, ch in self.channels.items() if ch.listeners]
+        """The channels someone here listens on (whose remote views the server keeps fresh). A
+        mailbox alone does not count: it costs a request nothing to leave one behind (the next
+        refresh after a poll listens again tells what changed meanwhile)."""
+        return [
+            name
+            for name, ch in self.channels.items()
+            if ch.listeners and not all(isinstance(listener, Mailbox) for listener in ch.listeners)
+        ]
 
     # -- other processes
 
@@ -341,7 +372,7 @@ class Presence:
         someone who was told nothing (the first report, or after the bus lost what it held).
         Sending changes only: 50,000 users on 500 channels took ~200 ms a second to report whole."""
         reported = self.reported
-        if full:
+        if full or self.dirty is None:
             reported.clear()
             names: Iterable[str] = self.channels
         else:

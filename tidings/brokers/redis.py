@@ -286,18 +286,26 @@ class RedisStore:
         return bool(existed), int(told)
 
     async def report(
-        self, node: str, counts: dict[str, int], changes: dict[str, bytes | None], full: bool, holding: bool
+        self,
+        node: str,
+        counts: dict[str, int],
+        changes: dict[str, bytes | None],
+        full: bool,
+        held_before: bool,
+        holding: bool,
     ) -> bool:
         """This process's subscriber counts (replacing its previous report) and the changes to its
-        presence (`Presence.report`; `full`: all of it, replacing; `holding`: whether it holds
-        anyone now). Returns False when Redis had lost the presence reported before (it expired,
-        or Redis restarted empty): the next report must be full."""
+        presence (`Presence.report`; `full`: all of it, replacing; `held_before`, `holding`:
+        whether its presence reported before, and now, holds anyone). Returns False when Redis
+        had lost the presence reported before (it expired, or Redis restarted empty): the
+        changes went onto nothing, and the next report must be whole."""
         key = self.node_prefix + node
         presence_key = self.presence_prefix + node
         gone = [name for name, entry in changes.items() if entry is None]
         entries = {name: entry for name, entry in changes.items() if entry is not None}
         try:
             async with self.client.pipeline(transaction=True) as pipe:
+                pipe.exists(presence_key)  # (first: before the changes recreate it)
                 pipe.delete(key)
                 if full:
                     pipe.delete(presence_key)
@@ -312,7 +320,7 @@ class RedisStore:
                 if counts or holding:
                     pipe.sadd(self.nodes_key, node)
                 results = await pipe.execute()
-                kept = bool(results[(2 if full or gone else 1) + (1 if entries else 0)]) or not holding
+                kept = full or bool(results[0]) or not held_before
                 # Forget processes whose counts expired (crashed or idle).
                 for member in await self.client.smembers(self.nodes_key):
                     name = member.decode() if isinstance(member, bytes) else member
@@ -542,9 +550,11 @@ class RedisBroker(NumberingBus):
         while True:
             await asyncio.sleep(REPORT_INTERVAL if self.subscribed else 0.5)
             counts = {name: ch.subscribers for name, ch in self.hub.channels.items() if ch.subscribers}
+            held_before = bool(presence.reported)
             changes = presence.report(full)
             try:
-                full = not await self.store.report(self.node, counts, changes, full, bool(presence.reported))
+                kept = await self.store.report(self.node, counts, changes, full, held_before, bool(presence.reported))
+                full = not kept
             except BrokerUnavailable as exc:
                 full = True  # (what was not told is told whole next time)
                 log.debug("subscriber counts not reported: %s", exc)

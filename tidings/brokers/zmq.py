@@ -244,8 +244,11 @@ class ZmqBroker(NumberingBus):
     async def _report(self) -> None:
         presence = self.hub.presence
         full = True  # (the first report, and whenever the sequencer does not know ours)
+        at_once = False  # (a whole one the sequencer asked for goes without waiting)
         while True:
-            await asyncio.sleep(REPORT_INTERVAL)
+            if not at_once:
+                await asyncio.sleep(REPORT_INTERVAL)
+            at_once = False
             counts = {name: ch.subscribers for name, ch in self.hub.channels.items() if ch.subscribers}
             changes = presence.report(full)
             with contextlib.suppress(BrokerUnavailable):
@@ -259,7 +262,7 @@ class ZmqBroker(NumberingBus):
                 continue
             # Each report keeps ours alive there; one it could not add to (it restarted, or forgot
             # us) is answered 0: the next one is whole.
-            full = known == [b"0"]
+            full = at_once = known == [b"0"]
             self.told_presence = bool(presence.reported)
 
     def presence_elsewhere(self, channels: list[str]) -> asyncio.Future[dict[str, RemoteView]]:

@@ -20,7 +20,8 @@
  * anonymous, total_users, you} (the whole list, from GET /channels/{channel}/presence), then
  * {event: "join" | "leave", channel, user, info} as users come and go. Join and leave are live
  * notices: what happens while disconnected comes with the next "here" (long-poll names itself
- * with ?client=, so what happens between two polls comes with the next poll). `user` names the client on a server without
+ * with ?client=, so what happens between two polls comes with the next poll; it also reads the
+ * list again every 25-35 s). `user` names the client on a server without
  * authentication (there the name is the client's word; with tokens or --auth-url it is theirs).
  *   const who = await Tidings.presence("", "chat");   // the same list, once
  */
@@ -79,6 +80,7 @@
     var socket = null;    // WebSocket
     var status = null;
     var fresh = true;     // first poll after (re)connecting answers at once: history + "connected"
+    var listing = null;   // the long-poll's timer to read the list again (see poll)
     // What every subscribe URL carries besides the cursor: who the client is, whether it listens to presence.
     var extra = { user: options.user, presence: options.presence ? 1 : null };
     // A long-poll listener's name: what it would have heard between two polls comes with the next.
@@ -133,6 +135,7 @@
 
     function ended(detail) {
       closed = true;
+      if (listing) clearInterval(listing);
       setStatus("closed", detail);
       if (options.onClose) options.onClose(detail);
     }
@@ -141,6 +144,9 @@
       var query = "timeout=" + (fresh ? 0 : options.timeout || 30);
       if (cursor) query += "&last_id=" + encodeURIComponent(cursor);
       abort = new AbortController();
+      // A backstop, every 25-35 s (spread): behind several server processes a poll may land on
+      // another than the one that kept this client's events, and at most 64 are kept.
+      if (options.presence && !listing) listing = setInterval(listPresence, 25000 + Math.random() * 10000);
       var address = withQuery(url + "/sub/" + path + "?" + query, Object.assign({ client: client }, extra));
       fetch(withToken(address, options.token), { signal: abort.signal, cache: "no-store" })
         .then(function (response) {
@@ -254,6 +260,7 @@
       close: function () {
         closed = true;
         if (retryTimer) clearTimeout(retryTimer);
+        if (listing) clearInterval(listing);
         if (abort) abort.abort();
         if (source) source.close();
         if (socket) { socket.onclose = null; socket.close(); }

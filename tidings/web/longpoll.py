@@ -125,9 +125,9 @@ class LongPoll:
             hub.presence.depart(self.channels, self.who, LONGPOLL, wall_clock_ms())
             if self.listening:
                 self.listening = False
-                hub.presence.unlisten(self.channels, self)
-                if self.client is not None:
+                if self.client is not None:  # (first: the channel keeps a listener throughout)
                     hub.presence.keep(self.client, self.channels, wall_clock_ms())
+                hub.presence.unlisten(self.channels, self)
 
     def wake(self, message: Message) -> bool:
         if already_seen(message, self.positions):
@@ -216,6 +216,8 @@ def subscribe(app: Services, request: Request, conn: HttpConnection, channels: t
             conn.respond_error(http_error(exc))
             return
         waiter.arrive(listen)
+        if client is not None:
+            presence.release(client)  # (after: the channel keeps a listener throughout)
         conn.hold(waiter)
 
     app.relay.read(conn, channels, cursor, answer_or_wait, failing(conn))
