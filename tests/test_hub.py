@@ -10,6 +10,7 @@ from tidings.hub import (
     FRAMING_OVERHEAD,
     MESSAGE_OVERHEAD,
     NOW,
+    ZERO_ID,
     Cursor,
     Hub,
     Message,
@@ -208,6 +209,34 @@ def test_delete_tells_every_subscriber_and_ids_continue_after() -> None:
     assert hub.delete("a") is None
     again = publish(hub, "a", 2, T0 + 1)
     assert again.id > last.id
+
+
+def test_the_sweep_looks_at_what_expires_and_what_went_idle_however_it_did() -> None:
+    hub = make_hub(ttl=1.0)
+    publish(hub, "read", 1, T0)
+    hub.info("read", T0 + 1001)  # (emptied by a read, not by the sweep)
+    waiter = Recorder()
+    hub.wait(["polled"], waiter)
+    hub.unwait(["polled"], waiter)  # (never published: idle once its poll ends)
+    for n in range(3000):  # published and deleted over and over: old schedule entries pile up
+        publish(hub, "churn", n, T0 + n)
+        hub.delete("churn")
+    publish(hub, "churn", "last", T0 + 3000)
+    publish(hub, "kept", 1, T0 + 3500)
+    assert hub.sweep(T0 + 3999) == 2  # "read" and "polled"; "churn" not due yet
+    assert len(hub.expiries) < 100  # (made anew: stale entries do not pile up for the TTL)
+    assert hub.sweep(T0 + 4001) == 1 and set(hub.channels) == {"kept"}
+    assert hub.sweep(T0 + 4501) == 1 and hub.channels == {} and hub.buffered_bytes == 0
+
+
+def test_history_put_back_in_front_expires_on_its_own_time() -> None:
+    hub = make_hub(ttl=1.0)
+    publish(hub, "a", "new", T0 + 500)
+    older = [Message(MessageId(T0, 0), "a", "old", T0)]
+    hub.backfill("a", older, ZERO_ID, T0 + 500)
+    assert hub.get("a") is not None and hub.get("a").buffered == 2  # type: ignore[union-attr]
+    hub.sweep(T0 + 1001)  # the old one's time, not the newer one's
+    assert [m.data for m in hub.get("a").ring or ()] == ["new"]  # type: ignore[union-attr]
 
 
 def test_sweep_reclaims_idle_channels_and_remembers_where_ids_were() -> None:
