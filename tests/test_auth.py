@@ -146,7 +146,10 @@ def test_public_key_tokens(
     stranger = (
         rsa.generate_private_key(65537, 2048) if algorithm == "RS256" else ec.generate_private_key(ec.SECP256R1())
     )
-    forgeries = [mint(SECRET, [], [channel], 60), mint(stranger, [], [channel], 60, algorithm)]  # type: ignore[arg-type]
+    stranger_pem = stranger.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    forgeries = [mint(SECRET, [], [channel], 60), mint(stranger_pem, [], [channel], 60, algorithm)]
     with httpx.Client(base_url=server.url, timeout=10) as client:
         good = client.get(f"/sub/{channel}?timeout=0", headers={"Authorization": f"Bearer {minted}"})
         assert good.status_code == 200, good.text

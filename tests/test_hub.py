@@ -232,7 +232,7 @@ def test_the_sweep_looks_at_what_expires_and_what_went_idle_however_it_did() -> 
 def test_history_put_back_in_front_expires_on_its_own_time() -> None:
     hub = make_hub(ttl=1.0)
     publish(hub, "a", "new", T0 + 500)
-    older = [Message(MessageId(T0, 0), "a", "old", T0)]
+    older = [Message.from_data(MessageId(T0, 0), "a", "old", T0)]
     hub.backfill("a", older, ZERO_ID, T0 + 500)
     assert hub.get("a") is not None and hub.get("a").buffered == 2  # type: ignore[union-attr]
     hub.sweep(T0 + 1001)  # the old one's time, not the newer one's
@@ -264,7 +264,7 @@ def test_a_live_message_reaches_subscribers_but_moves_no_cursor() -> None:
     waiter, stream = Recorder(), Recorder()
     hub.wait(["c"], waiter)
     hub.join(["c"], stream)
-    live = Message(MessageId(T0 + 5, 0), "c", "passing", T0 + 5, live=True)
+    live = Message.from_data(MessageId(T0 + 5, 0), "c", "passing", T0 + 5, live=True)
     assert hub.ingest(live, T0 + 5) == 2
     assert waiter.woken == [live] and stream.woken == [live]
     assert live.id == stored.id  # the cursor it carries is the last stored one
@@ -279,13 +279,13 @@ def test_backfill_puts_older_history_back_and_ingests_newer() -> None:
     # A node whose bus subscription began at T0+100 knows nothing before; the broker's
     # history fills that in, and what is newer than the node's last id is delivered.
     hub = Hub(now_ms=T0 + 100, buffer_size=10)
-    old = [Message(MessageId(T0 + i, 0), "c", i, T0 + i) for i in (10, 20, 30)]
+    old = [Message.from_data(MessageId(T0 + i, 0), "c", i, T0 + i) for i in (10, 20, 30)]
     cursor = Cursor.parse(f"{T0 + 10}-0")
     batch = hub.read(["c"], cursor, T0 + 101)
     assert batch.incomplete == ["c"] and batch.gaps == ["c"] and batch.messages == []
     waiter = Recorder()
     hub.wait(["c"], waiter)
-    newer = Message(MessageId(T0 + 150, 0), "c", "new", T0 + 150)
+    newer = Message.from_data(MessageId(T0 + 150, 0), "c", "new", T0 + 150)
     hub.backfill("c", [*old[1:], newer], MessageId(T0 + 10, 0), T0 + 151)
     assert waiter.woken == [newer]
     batch = hub.read(["c"], cursor, T0 + 151)
@@ -298,7 +298,7 @@ def test_backfill_puts_older_history_back_and_ingests_newer() -> None:
 
 def test_backfill_keeps_the_buffer_bound() -> None:
     hub = Hub(now_ms=T0 + 100, buffer_size=2)
-    old = [Message(MessageId(T0 + i, 0), "c", i, T0 + i) for i in (10, 20, 30)]
+    old = [Message.from_data(MessageId(T0 + i, 0), "c", i, T0 + i) for i in (10, 20, 30)]
     hub.backfill("c", old, MessageId(T0, 0), T0 + 101)
     batch = hub.read(["c"], Cursor.parse(f"{T0}-0"), T0 + 101)
     assert [m.data for m in batch.messages] == [20, 30] and batch.gaps == ["c"]
@@ -309,9 +309,9 @@ def test_backfill_does_not_buffer_twice_a_message_that_came_after_a_loss() -> No
     # a history that holds that message too must not put it back a second time.
     hub = Hub(now_ms=T0, buffer_size=10, follows_bus=True, buffers_are_cache=True)
     hub.known_from("c", MessageId(T0 + 50, 0))
-    after = Message(MessageId(T0 + 60, 0), "c", "after", T0 + 60, after_loss=True)
+    after = Message.from_data(MessageId(T0 + 60, 0), "c", "after", T0 + 60, after_loss=True)
     hub.ingest(after, T0 + 60)
-    copy = Message(MessageId(T0 + 60, 0), "c", "after", T0 + 60)
+    copy = Message.from_data(MessageId(T0 + 60, 0), "c", "after", T0 + 60)
     hub.backfill("c", [copy], MessageId(T0 + 50, 0), T0 + 61)
     batch = hub.read(["c"], Cursor.parse(f"{T0 + 10}-0"), T0 + 61)
     assert [m.data for m in batch.messages] == ["after"] and batch.gaps == ["c"]
@@ -322,7 +322,7 @@ def test_rebase_moves_the_floor_for_channels_not_seen() -> None:
     hub.rebase(MessageId(T0 + 50, 0))  # the bus's clock may be behind this process's
     assert hub.read(["new"], Cursor.parse(f"{T0 + 20}-0"), T0 + 60).gaps == ["new"]
     assert hub.read(["new"], Cursor.parse(f"{T0 + 50}-0"), T0 + 60).gaps == []
-    message = Message(MessageId(T0 + 60, 0), "new", "x", T0 + 60)
+    message = Message.from_data(MessageId(T0 + 60, 0), "new", "x", T0 + 60)
     assert hub.ingest(message, T0 + 60) == 0 and hub.read(["new"], Cursor.parse("oldest"), T0 + 61).messages == [
         message
     ]
@@ -346,9 +346,9 @@ def test_following_a_bus_a_cursor_ahead_of_the_hub_is_kept() -> None:
     assert lagging.read(["c"], ahead, T0 + 1).positions == {"c": MessageId(T0 + 5, 0)}
     waiter = Declining(MessageId(T0 + 5, 0))
     lagging.wait(["c"], waiter)
-    seen = Message(MessageId(T0 + 5, 0), "c", "seen", T0 + 5)
+    seen = Message.from_data(MessageId(T0 + 5, 0), "c", "seen", T0 + 5)
     assert lagging.ingest(seen, T0 + 6) == 0 and waiter.woken == []  # declined, still waiting
-    new = Message(MessageId(T0 + 7, 0), "c", "new", T0 + 7)
+    new = Message.from_data(MessageId(T0 + 7, 0), "c", "new", T0 + 7)
     assert lagging.ingest(new, T0 + 7) == 1 and waiter.woken == [new]
     # Without a bus, a cursor ahead means the clock went back: continue from the hub's last id.
     alone = Hub(now_ms=T0)
@@ -357,10 +357,10 @@ def test_following_a_bus_a_cursor_ahead_of_the_hub_is_kept() -> None:
 
 def test_already_seen_is_up_to_the_cursor_of_the_message_channel_and_never_live() -> None:
     at = {"c": MessageId(T0 + 5, 0)}
-    assert already_seen(Message(MessageId(T0 + 5, 0), "c", "had", T0 + 5), at)
-    assert not already_seen(Message(MessageId(T0 + 5, 1), "c", "new", T0 + 5), at)
-    assert not already_seen(Message(MessageId(T0 + 1, 0), "other", "new", T0 + 1), at)
-    assert not already_seen(Message(MessageId(T0 + 5, 0), "c", "passing", T0 + 5, live=True), at)
+    assert already_seen(Message.from_data(MessageId(T0 + 5, 0), "c", "had", T0 + 5), at)
+    assert not already_seen(Message.from_data(MessageId(T0 + 5, 1), "c", "new", T0 + 5), at)
+    assert not already_seen(Message.from_data(MessageId(T0 + 1, 0), "other", "new", T0 + 1), at)
+    assert not already_seen(Message.from_data(MessageId(T0 + 5, 0), "c", "passing", T0 + 5, live=True), at)
 
 
 def test_a_message_after_a_loss_makes_older_cursors_gaps() -> None:
@@ -368,7 +368,7 @@ def test_a_message_after_a_loss_makes_older_cursors_gaps() -> None:
     first = publish(hub, "c", "first", T0 + 1)
     waiter = Recorder()
     hub.wait(["c"], waiter)
-    after = Message(MessageId(T0 + 5, 0), "c", "after", T0 + 5, after_loss=True)
+    after = Message.from_data(MessageId(T0 + 5, 0), "c", "after", T0 + 5, after_loss=True)
     hub.ingest(after, T0 + 5)
     assert waiter.woken == [after]
     batch = hub.read(["c"], Cursor.parse(str(first.id)), T0 + 6)
@@ -428,10 +428,10 @@ def test_delete_reclaim_and_forgetting_give_back_every_byte() -> None:
     hub.delete("a")
     assert hub.buffered_bytes == held(hub) > 0
     hub.known_from("c", MessageId(T0 + 600, 0))  # nothing before can be vouched for: dropped
-    after = Message(MessageId(T0 + 700, 0), "b", "after", T0 + 700, after_loss=True)
+    after = Message.from_data(MessageId(T0 + 700, 0), "b", "after", T0 + 700, after_loss=True)
     hub.ingest(after, T0 + 700)
     assert hub.buffered_bytes == held(hub) == after.cost
-    old = [Message(MessageId(T0 + 600 + i, 0), "b", i, T0 + 600 + i) for i in range(3)]
+    old = [Message.from_data(MessageId(T0 + 600 + i, 0), "b", i, T0 + 600 + i) for i in range(3)]
     hub.backfill("b", old, MessageId(T0 + 500, 0), T0 + 701)
     assert hub.buffered_bytes == held(hub) == after.cost + sum(m.cost for m in old)
     assert hub.sweep(T0 + 5000) == 2 and hub.buffered_bytes == 0
@@ -480,7 +480,7 @@ def test_messages_from_the_bus_are_kept_only_as_far_as_they_fit() -> None:
     first = publish(hub, "a", "first", T0 + 1)
     hub.max_buffered_bytes = 2 * first.cost
     # A new channel beyond the cap: not held, but older cursors know they missed it.
-    elsewhere = Message(MessageId(T0 + 2, 0), "b", "elsewhere", T0 + 2)
+    elsewhere = Message.from_data(MessageId(T0 + 2, 0), "b", "elsewhere", T0 + 2)
     assert hub.ingest(elsewhere, T0 + 2) == 0 and "b" not in hub.channels
     assert hub.read(["b"], Cursor.parse(f"{T0 + 1}-0"), T0 + 3).gaps == ["b"]
     assert hub.read(["b"], Cursor.parse(str(elsewhere.id)), T0 + 3).gaps == []
@@ -488,8 +488,8 @@ def test_messages_from_the_bus_are_kept_only_as_far_as_they_fit() -> None:
     # Past the byte cap: the channel drops its oldest for it, and itself if it is too big.
     stream = Recorder()
     hub.join(["a"], stream)
-    second = Message(MessageId(T0 + 4, 0), "a", "second", T0 + 4)
-    big = Message(MessageId(T0 + 5, 0), "a", "x" * 1000, T0 + 5)
+    second = Message.from_data(MessageId(T0 + 4, 0), "a", "second", T0 + 4)
+    big = Message.from_data(MessageId(T0 + 5, 0), "a", "x" * 1000, T0 + 5)
     assert hub.ingest(second, T0 + 4) == 1 and hub.ingest(big, T0 + 5) == 1
     assert stream.woken == [second, big]  # delivered all the same
     assert hub.channels["a"].ring is not None and list(hub.channels["a"].ring) == []
@@ -503,7 +503,7 @@ def test_a_cache_at_the_channel_cap_makes_way_for_a_newcomer() -> None:
     hub = Hub(now_ms=T0, max_channels=3, follows_bus=True, buffers_are_cache=True)
     hub.join(["kept"], Recorder())
     for i in range(3):
-        hub.ingest(Message(MessageId(T0 + 1 + i, 0), f"c{i}", i, T0 + 1 + i), T0 + 5)
+        hub.ingest(Message.from_data(MessageId(T0 + 1 + i, 0), f"c{i}", i, T0 + 1 + i), T0 + 5)
     assert set(hub.channels) == {"kept", "c0", "c1"}
     hub.make_room(["new1", "new2"])
     assert set(hub.channels) == {"kept"}  # the oldest unsubscribed ones went
@@ -515,7 +515,7 @@ def test_a_cache_at_the_channel_cap_makes_way_for_a_newcomer() -> None:
 def test_a_cache_at_a_cap_gives_back_what_it_caches_on_sweep() -> None:
     hub = Hub(now_ms=T0, max_channels=10, follows_bus=True, buffers_are_cache=True)
     for i in range(12):
-        hub.ingest(Message(MessageId(T0 + 1 + i, 0), f"c{i}", i, T0 + 1 + i), T0 + 20)
+        hub.ingest(Message.from_data(MessageId(T0 + 1 + i, 0), f"c{i}", i, T0 + 1 + i), T0 + 20)
     assert len(hub.channels) == 10  # c10 and c11 were not taken
     hub.join(["c0"], Recorder())
     hub.sweep(T0 + 20)

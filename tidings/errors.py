@@ -19,6 +19,8 @@ sentence). Nothing here knows about HTTP: the web layer gives each kind its stat
 
 from __future__ import annotations
 
+from typing import Final
+
 
 class TidingsError(Exception):
     """`code` names the problem for programs, `detail` explains it to people."""
@@ -51,8 +53,12 @@ class OverCapacity(TidingsError):
     code = "over_capacity"
 
 
+# Named apart from its class: a refusal that crossed the bus is matched by its code alone.
+TOO_MANY_CHANNELS: Final = "too_many_channels"
+
+
 class TooManyChannels(OverCapacity):
-    code = "too_many_channels"
+    code = TOO_MANY_CHANNELS
 
 
 class BuffersFull(OverCapacity):

@@ -103,21 +103,10 @@ class Message:
     __slots__ = ("after_loss", "channel", "cost", "framed", "id", "json", "live", "tally", "time")
 
     def __init__(
-        self, id: MessageId, channel: str, data: JSONValue, time: int, live: bool = False, after_loss: bool = False
+        self, id: MessageId, channel: str, data_json: bytes, time: int, live: bool = False, after_loss: bool = False
     ) -> None:
-        self._build(id, channel, encode_json(data), time, live, after_loss)
-
-    @classmethod
-    def from_json(
-        cls, id: MessageId, channel: str, data_json: bytes, time: int, live: bool = False, after_loss: bool = False
-    ) -> Message:
-        """A message whose data is compact JSON already (`encode_json`'s, or checked to be like
+        """`data_json`: the data as compact JSON already (`encode_json`'s, or checked to be like
         it: `sequencer.checked_json`): what arrives from a bus is not decoded and encoded again."""
-        message = cls.__new__(cls)
-        message._build(id, channel, data_json, time, live, after_loss)
-        return message
-
-    def _build(self, id: MessageId, channel: str, data_json: bytes, time: int, live: bool, after_loss: bool) -> None:
         self.id = id
         self.channel = channel
         self.time = time
@@ -136,6 +125,13 @@ class Message:
         # it is buffered, the total of its hub's buffers, which they count towards.
         self.cost = MESSAGE_OVERHEAD + len(self.json)
         self.tally: Tally | None = None
+
+    @classmethod
+    def from_data(
+        cls, id: MessageId, channel: str, data: JSONValue, time: int, live: bool = False, after_loss: bool = False
+    ) -> Message:
+        """A message of data not yet encoded."""
+        return cls(id, channel, encode_json(data), time, live, after_loss)
 
     @property
     def data(self) -> JSONValue:
@@ -414,9 +410,9 @@ class Hub:
     def __init__(
         self,
         *,
+        now_ms: int,
         buffer_size: int = 100,
         buffer_ttl: float = 3600.0,
-        now_ms: int,
         follows_bus: bool = False,
         buffers_are_cache: bool = False,
         max_channels: int = 0,
@@ -551,7 +547,7 @@ class Hub:
         ch = self.channels.get(name)
         if ch is None:
             self.make_room((name,))
-        message = Message.from_json(self.next_id(name, now_ms), name, data_json, now_ms)
+        message = Message(self.next_id(name, now_ms), name, data_json, now_ms)
         limit = self.max_buffered_bytes
         if limit:
             growth = message.cost

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 from abc import ABC, abstractmethod
+from typing import ClassVar
 
 from tidings.hub import ChannelInfo, Cursor, Hub, JSONValue, Published
 from tidings.presence import RemoteView
@@ -58,7 +59,7 @@ class Broker:
 
     # A broker that keeps history of its own (beyond this process's buffers) fills in
     # reads the hub cannot answer completely; the hub's buffers are then a cache of it.
-    keeps_history = False
+    keeps_history: ClassVar[bool] = False
 
     async def fill(self, channels: list[str], cursor: Cursor) -> None:
         """Load the history after `cursor` on `channels` into the hub (`Hub.backfill`)."""

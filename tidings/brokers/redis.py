@@ -260,7 +260,7 @@ class RedisStore:
         for raw_id, fields in entries:
             ident = _id(raw_id)
             data = json.loads(dict(zip(fields[::2], fields[1::2], strict=True))[b"d"])
-            messages.append(Message(ident, channel, data, ident.ms))
+            messages.append(Message.from_data(ident, channel, data, ident.ms))
         complete_after = max(after, _id(epoch))
         if added > length:  # some were trimmed: everything below the first one kept
             first_kept = _id(first)
@@ -522,7 +522,7 @@ class RedisBroker(NumberingBus):
             raw_id, _, data = payload[1:].partition(b"\x00")
             try:
                 ident = _id(raw_id)
-                message = Message(ident, channel, json.loads(data), ident.ms)
+                message = Message.from_data(ident, channel, json.loads(data), ident.ms)
             except ValueError:
                 log.warning("ignoring a malformed message on %r", topic)
                 return
@@ -542,7 +542,7 @@ class RedisBroker(NumberingBus):
             self._ingest_live(channel, payload, wall_clock_ms())
 
     def _ingest_live(self, channel: str, payload: bytes, now: int) -> None:
-        self.hub.ingest(Message(ZERO_ID, channel, foreign_data(payload), now, live=True), now)
+        self.hub.ingest(Message.from_data(ZERO_ID, channel, foreign_data(payload), now, live=True), now)
 
     async def _report(self) -> None:
         presence = self.hub.presence

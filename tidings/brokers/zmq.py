@@ -29,7 +29,7 @@ from typing import Any, NamedTuple, TypeVar
 from tidings.brokers.base import NumberingBus, cancel_all
 from tidings.brokers.links import link_for
 from tidings.encoding import encode_json
-from tidings.errors import BrokerFailed, BrokerUnavailable, TidingsError, TooManyChannels
+from tidings.errors import TOO_MANY_CHANNELS, BrokerFailed, BrokerUnavailable, TidingsError, TooManyChannels
 from tidings.hub import (
     ZERO_ID,
     ChannelInfo,
@@ -70,7 +70,7 @@ def _fields(results: list[bytes]) -> list[bytes]:
 
 def _refusal(fields: list[bytes]) -> TidingsError:
     code, detail = [*fields, b"", b""][:2]
-    if code == TooManyChannels.code.encode():
+    if code == TOO_MANY_CHANNELS.encode():
         return TooManyChannels(detail.decode(errors="replace"))
     return BrokerUnavailable(f"the sequencer refused: {detail.decode(errors='replace')}")
 
@@ -286,7 +286,7 @@ class ZmqBroker(NumberingBus):
         history = []
         for item in raw:
             fields = json.loads(item)
-            history.append(Message(MessageId.parse(fields["id"]), channel, fields["data"], fields["time"]))
+            history.append(Message.from_data(MessageId.parse(fields["id"]), channel, fields["data"], fields["time"]))
         last = self.hub.last_id(channel)
         newer = [message for message in history if message.id > last]
         if newer and (horizon > last or channel in self.gapped):
@@ -380,7 +380,7 @@ class ZmqBroker(NumberingBus):
             self.gapped.discard(channel)
             lost = lost or 1
         now = wall_clock_ms()
-        self.hub.ingest(Message.from_json(ident, channel, frames[5], ident.ms, after_loss=bool(lost)), now)
+        self.hub.ingest(Message(ident, channel, frames[5], ident.ms, after_loss=bool(lost)), now)
 
     def _repair(self, channel: str, frames: list[bytes]) -> None:
         """Messages before this one did not arrive: fetch them, then deliver in order."""

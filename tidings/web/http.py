@@ -258,8 +258,10 @@ TRANSITIONS: dict[State, dict[Event, State]] = {
 }
 
 
-class IllegalTransition(RuntimeError):
+class IllegalTransition(TidingsError):
     """`event` cannot happen in `state`: a bug in the edge or in the application using it."""
+
+    code = "internal_error"
 
     def __init__(self, state: State, event: Event) -> None:
         super().__init__(f"{event.name} cannot happen in {state.name}")
@@ -372,19 +374,24 @@ class HttpConnection(asyncio.Protocol):
                 log.exception("error while parsing a request", exc_info=cause)
                 self._fail(HttpError(500, "internal_error", "the server failed to read the request", True))
         except httptools.HttpParserUpgrade as exc:
-            rest = data[exc.args[0] :] if exc.args and isinstance(exc.args[0], int) else b""
-            if self.upgraded is not None:  # the application took the upgrade: the rest is theirs
-                if rest:
-                    self.upgraded.receive(rest)
-            elif self.state is BUSY:
-                # The application answers later (an --auth-url check): what follows waits for the
-                # upgrade, and any other answer ends the connection (the parser stopped at it).
-                self.early = bytearray(rest)
-                self.stopping = True
-            elif self.state is not CLOSED:
-                self._fail(HttpError(400, "upgrade_not_supported", "this resource cannot be upgraded", True))
+            self._parser_stopped_at_upgrade(data[exc.args[0] :] if exc.args and isinstance(exc.args[0], int) else b"")
         except httptools.HttpParserError as exc:
             self._fail(HttpError(400, "bad_request", f"malformed HTTP request: {exc}", True))
+
+    def _parser_stopped_at_upgrade(self, rest: bytes) -> None:
+        """The parser stopped after a request asking for an upgrade; `rest`: what came after it.
+        (A method of its own: `upgraded` may have been set while the parser ran, which the type
+        checker, and so mypyc, cannot see within `data_received`, where it was seen to be None.)"""
+        if self.upgraded is not None:  # the application took the upgrade: the rest is theirs
+            if rest:
+                self.upgraded.receive(rest)
+        elif self.state is BUSY:
+            # The application answers later (an --auth-url check): what follows waits for the
+            # upgrade, and any other answer ends the connection (the parser stopped at it).
+            self.early = bytearray(rest)
+            self.stopping = True
+        elif self.state is not CLOSED:
+            self._fail(HttpError(400, "upgrade_not_supported", "this resource cannot be upgraded", True))
 
     def eof_received(self) -> bool:
         # The client went away (or half-closed): release whatever it held right now.

@@ -323,7 +323,9 @@ class Stream:
 
 
 class SSEFormat(StreamFormat):
-    key = transport = name = "sse"
+    key = "sse"
+    transport = "sse"
+    name = "sse"
     content_type = b"text/event-stream; charset=utf-8"
     heartbeat = b": heartbeat\n\n"
 
@@ -339,7 +341,8 @@ class SSEFormat(StreamFormat):
 
 class NDJSONFormat(StreamFormat):
     key = "ndjson"
-    transport = name = "stream"
+    transport = "stream"
+    name = "stream"
     content_type = b"application/x-ndjson"
     heartbeat = b"\n"
 
@@ -378,7 +381,8 @@ def _html_content(message: Message) -> bytes:
 
 class HTMLFormat(StreamFormat):
     key = "html"
-    transport = name = "stream"
+    transport = "stream"
+    name = "stream"
     content_type = b"text/html; charset=utf-8"
     heartbeat = b"<!-- -->\n"
 
@@ -400,7 +404,8 @@ def text_frame(payload: bytes) -> bytes:
 
 
 class WebSocketFormat(StreamFormat):
-    key = transport = "ws"
+    key = "ws"
+    transport = "ws"
     name = "websocket"
     heartbeat = Frame(Opcode.PING, b"").serialize(mask=False)
 
