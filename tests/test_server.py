@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -13,6 +14,8 @@ import httpx
 import pytest
 from conftest import ServerProcess, wait_until
 from rawhttp import Connection, request
+
+import tidings
 
 
 def test_sigterm_answers_held_polls_ends_streams_and_exits_quickly(
@@ -58,6 +61,21 @@ def test_settings_come_from_tidings_environment_variables(
             client.post(f"/pub/{channel}", json=i)
         body = client.get(f"/sub/{channel}", params={"last_id": "oldest"}).json()
     assert [m["data"] for m in body["messages"]] == [1, 2]
+
+
+def test_the_start_up_line_says_whether_the_server_runs_compiled(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    """scripts/test sets TIDINGS_EXPECT_COMPILED for the build it installed: the line must not lie,
+    and the suite must really have run on that build."""
+    srv = start_server()
+    (line,) = [line for line in srv.lines if "listening on" in line]
+    build = "compiled" if "(broker: memory, compiled)" in line else "plain Python"
+    assert build == "compiled" or "(broker: memory, plain Python)" in line, line
+    expected = os.environ.get("TIDINGS_EXPECT_COMPILED")
+    if expected is not None:
+        assert build == ("compiled" if expected == "1" else "plain Python"), line
+        assert tidings.compiled() == (expected == "1"), tidings.__file__
 
 
 def test_json_logs_and_the_access_log(start_server: Callable[..., ServerProcess], channel: str) -> None:

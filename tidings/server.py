@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from tidings import child
+from tidings import child, compiled
 from tidings.brokers import create_broker
 from tidings.config import Settings
 from tidings.web.acceptor import BACKLOG, Acceptor, connection_room
@@ -55,7 +55,8 @@ async def serve(settings: Settings, on_ready: Callable[[str, int], None] | None 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     child.watch_lifeline(loop, stop.set)
-    log.info("Tidings listening on http://%s:%d/ (broker: %s)", host, port, broker.name)
+    build = "compiled" if compiled() else "plain Python"
+    log.info("Tidings listening on http://%s:%d/ (broker: %s, %s)", host, port, broker.name, build)
     child.tell_ready()
     if on_ready is not None:
         on_ready(host, port)
