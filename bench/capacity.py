@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.harness import LoadGen
+from bench.harness import LoadGen, server_fields
 from bench.loadgen import Job
 from bench.procstat import rss_kib
 from bench.servers import MANY_PROCESS_SERVERS, SERVERS, Server
@@ -40,8 +40,9 @@ def run_one(server: Server, transport: str, subscribers: int, processes: int, lo
         prefix = f"cap{int(time.time() * 1000) % 10**8}"
         for i in range(processes):
             job = Job(
-                "fanout", server.port, server.flavour, transport, subscribers=shares[i], messages=1, rate=0.0,
+                "fanout", server.port, transport=transport, subscribers=shares[i], messages=1, rate=0.0,
                 prefix=prefix, publishers=1, max_seconds=60.0, first=sum(shares[:i]), publishes=i == processes - 1,
+                **server_fields(server),
             )  # fmt: skip
             generators.append(LoadGen(job, pinned=False))
         ready = [gen.read(300) for gen in generators]

@@ -119,13 +119,19 @@ def _prefix() -> str:
     return "r" + uuid.uuid4().hex[:8]
 
 
+def server_fields(server: Server) -> dict[str, Any]:
+    """What the load generator needs to know about a server besides its port."""
+    return {"flavour": server.flavour, "publish_port": server.publish_port, "connect_batch": server.connect_batch}
+
+
 def idle(server_factory: Callable[[], Server], transport: str, levels: list[int]) -> list[Row]:
     """A: hold N subscribers (distinct channels), read RSS at each level."""
     server = server_factory()
     rows = []
     with running(server):
         base = rss_kib(server.pids())
-        gen = LoadGen(Job("idle", server.port, server.flavour, transport, levels=levels, prefix=_prefix()))
+        gen = LoadGen(Job("idle", server.port, transport=transport, levels=levels, prefix=_prefix(),
+                          **server_fields(server)))  # fmt: skip
         try:
             for _ in levels:
                 event = gen.read(120)
@@ -155,7 +161,7 @@ def delivery(server_factory: Callable[[], Server], job_fields: dict[str, Any]) -
     """B, C and D: subscribers in place, then publish; server CPU over the publishing part."""
     server = server_factory()
     with running(server):
-        job = Job(port=server.port, flavour=server.flavour, prefix=_prefix(), **job_fields)
+        job = Job(port=server.port, prefix=_prefix(), **server_fields(server), **job_fields)
         gen = LoadGen(job)
         try:
             ready = gen.read(180)
@@ -211,10 +217,21 @@ def run(
     transports: tuple[str, ...] = TRANSPORTS,
 ) -> list[Row]:
     rows: list[Row] = []
+    said: set[tuple[str, str]] = set()
+
+    def supports(name: str, factory: Callable[[], Server], transport: str) -> bool:
+        supported = factory().transports
+        if transport in supported:
+            return True
+        if (name, transport) not in said:  # once per server and transport, not per case
+            said.add((name, transport))
+            log(f"skipping {name} on {transport}: it is measured on {', '.join(supported)} only")
+        return False
 
     def each(scenario: str, case: str, job_fields: dict[str, Any]) -> None:
         for name, factory in factories.items():
-            if job_fields.get("transport", "longpoll") not in factory().transports:
+            # Publishing to nobody (D with 0 subscribers) needs no transport.
+            if job_fields.get("subscribers") and not supports(name, factory, job_fields.get("transport", "longpoll")):
                 continue
             samples, cdfs = [], []
             for rep in range(plan.repeat):
@@ -229,6 +246,8 @@ def run(
     if "A" in scenarios:
         for transport in transports:
             for name, factory in factories.items():
+                if not supports(name, factory, transport):
+                    continue
                 log(f"A {transport} {name}")
                 per_rep = [idle(factory, transport, plan.idle_levels) for _ in range(plan.repeat)]
                 for i, first in enumerate(per_rep[0]):

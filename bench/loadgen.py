@@ -40,8 +40,8 @@ PORTS_PER_SOURCE = 20000  # connections per 127.0.0.x source address (ephemeral 
 class Job:
     mode: str  # idle | fanout | channels | publish
     port: int
-    flavour: str  # tidings | nchan: how to resume a long-poll and read a message
-    transport: str = "longpoll"  # longpoll | sse
+    flavour: str  # tidings | nchan: how to subscribe, read a message, publish
+    transport: str = "longpoll"  # longpoll | sse | ws
     subscribers: int = 0
     channels: int = 1
     messages: int = 0
@@ -54,6 +54,10 @@ class Job:
     # numbered from `first` (they take source addresses after the others'), and only one publishes.
     first: int = 0
     publishes: bool = True
+    publish_port: int = 0  # where publishes go (0: `port`)
+    # Subscribers opened this many at a time, each batch answered before the next (0: up to 256
+    # connects in flight, not waiting for answers), for a server that fails a large burst.
+    connect_batch: int = 0
 
 
 class Stats:
@@ -251,8 +255,12 @@ class WebSocketClient(asyncio.Protocol):
         self.stats = stats
         self.sub = sub
         self.transport: asyncio.Transport | None = None
-        self.protocol = ClientProtocol(parse_uri(f"ws://{HOST}:{job.port}/ws/{sub.channel}"), max_size=None)
+        self.protocol = ClientProtocol(parse_uri(f"ws://{HOST}:{job.port}{self.path(sub.channel)}"), max_size=None)
+        self.upgraded = False
         self.alive = False
+
+    def path(self, channel: str) -> str:
+        return f"/ws/{channel}"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -262,25 +270,36 @@ class WebSocketClient(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.protocol.receive_data(data)
         now = 0.0
-        nchan = self.job.flavour == "nchan"
+        got = False
         for event in self.protocol.events_received():
             if isinstance(event, Frame):
                 if event.opcode is Opcode.TEXT:
                     if not now:
                         now = time.time()
-                    payload = bytes(event.data)
-                    if nchan:
-                        record(self.stats, self.sub, payload, now)
-                    elif payload.startswith(b'{"type":"message"'):
-                        record(self.stats, self.sub, tidings_data(payload), now)
-            elif not self.alive and getattr(event, "status_code", 0) == 101:
-                self.alive = True
-                self.stats.connected += 1
-            elif not self.alive:
+                    got = self.text(bytes(event.data), now) or got
+            elif not self.upgraded and getattr(event, "status_code", 0) == 101:
+                self.upgraded = True
+                self.opened()
+            elif not self.upgraded:
                 self.stats.bad_status += 1
-        if now:
+        if got:
             self.stats.responses += 1
         flush_websocket(self.protocol, self.transport)  # pongs
+
+    def opened(self) -> None:
+        """The handshake is done: subscribed."""
+        self.alive = True
+        self.stats.connected += 1
+
+    def text(self, payload: bytes, now: float) -> bool:
+        """One text frame; whether it carried a message."""
+        if self.job.flavour == "nchan":
+            record(self.stats, self.sub, payload, now)
+        elif payload.startswith(b'{"type":"message"'):
+            record(self.stats, self.sub, tidings_data(payload), now)
+        else:
+            return False
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.alive:
@@ -313,7 +332,16 @@ async def open_subscribers(job: Job, stats: Stats, subs: list[Subscriber], first
         async with gate:
             await connect(job, stats, sub, client, source)
 
-    await asyncio.gather(*(one(i, s) for i, s in enumerate(subs)))
+    if not job.connect_batch:
+        await asyncio.gather(*(one(i, s) for i, s in enumerate(subs)))
+        return
+    for start in range(0, len(subs), job.connect_batch):
+        batch = subs[start : start + job.connect_batch]
+        answered = stats.connected + stats.failed + stats.bad_status + len(batch)
+        await asyncio.gather(*(one(start + i, s) for i, s in enumerate(batch)))
+        deadline = time.monotonic() + 10
+        while stats.connected + stats.failed + stats.bad_status < answered and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
 
 
 async def wait_connected(stats: Stats, count: int, seconds: float) -> None:
@@ -323,9 +351,11 @@ async def wait_connected(stats: Stats, count: int, seconds: float) -> None:
 
 
 class Publisher(asyncio.Protocol):
-    """One keep-alive connection that publishes one message at a time."""
+    """One keep-alive connection that publishes one message at a time (where the server closes the
+    connection after its answer, a new connection takes its place)."""
 
-    def __init__(self, free: asyncio.Queue[Publisher], answers: list[int]) -> None:
+    def __init__(self, job: Job, free: asyncio.Queue[Publisher], answers: list[int]) -> None:
+        self.job = job
         self.free = free
         self.answers = answers
         self.parser = httptools.HttpResponseParser(self)
@@ -347,17 +377,32 @@ class Publisher(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.answers.append(self.parser.get_status_code())
-        self.free.put_nowait(self)
+        if self.parser.should_keep_alive():
+            self.free.put_nowait(self)
+            return
+        assert self.transport is not None
+        self.transport.close()
+        asyncio.get_running_loop().create_task(open_publisher(self.job, self.free, self.answers))
+
+
+async def open_publisher(job: Job, free: asyncio.Queue[Publisher], answers: list[int], tries: int = 5) -> None:
+    """A publishing connection, which joins `free` once connected."""
+    loop = asyncio.get_running_loop()
+    for attempt in range(tries):
+        try:
+            await loop.create_connection(lambda: Publisher(job, free, answers), HOST, job.publish_port or job.port)
+            return
+        except OSError:
+            await asyncio.sleep(0.1 * (attempt + 1))
 
 
 async def publish(job: Job, channels: list[str], deadline: float) -> tuple[int, list[int]]:
     """Publish `job.messages` messages at `job.rate` per second (or flat out), message `seq`
     to `channels[seq % len(channels)]`; returns how many were sent and the answers' statuses."""
-    loop = asyncio.get_running_loop()
     free: asyncio.Queue[Publisher] = asyncio.Queue()
     answers: list[int] = []
     for _ in range(job.publishers):
-        await loop.create_connection(lambda: Publisher(free, answers), HOST, job.port)
+        await open_publisher(job, free, answers)
     started = time.monotonic()
     sent = 0
     for seq in range(job.messages):

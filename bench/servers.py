@@ -38,6 +38,24 @@ def free_port() -> int:
             return port
 
 
+def other_port(*taken: int) -> int:
+    """A free port none of `taken` (two picks of a free port can coincide)."""
+    port = free_port()
+    while port in taken:
+        port = free_port()
+    return port
+
+
+def wait_listening(port: int, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+
+
 def _pin() -> None:
     if len(os.sched_getaffinity(0)) > 1:
         os.sched_setaffinity(0, {SERVER_CPU})
@@ -46,10 +64,12 @@ def _pin() -> None:
 class Server:
     name = ""
     flavour = ""  # how the load generator talks to it: tidings | nchan
-    transports = ("longpoll", "sse", "ws")
+    transports: tuple[str, ...] = ("longpoll", "sse", "ws")
+    connect_batch = 0  # subscribers opened at a time, each batch answered before the next (0: no batches)
 
     def __init__(self) -> None:
         self.port = free_port()
+        self.publish_port = 0  # where publishes go, if not `port`
         self.buffer = BUFFER
         self.proc: subprocess.Popen[bytes] | None = None
         self.log: IO[bytes] | None = None
@@ -143,9 +163,7 @@ class TidingsRedis(Tidings):
 
     def __init__(self) -> None:
         super().__init__("redis")
-        self.redis_port = free_port()
-        while self.redis_port == self.port:  # two picks of a free port can coincide
-            self.redis_port = free_port()
+        self.redis_port = other_port(self.port)
         self.broker = f"redis://127.0.0.1:{self.redis_port}/0"
         self.redis: subprocess.Popen[bytes] | None = None
         self.redis_dir = ""
@@ -162,13 +180,7 @@ class TidingsRedis(Tidings):
              "no", "--dir", self.redis_dir],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_pin,
         )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.redis_port), timeout=0.5):
-                    break
-            except OSError:
-                time.sleep(0.05)
+        wait_listening(self.redis_port, 10)
         super().start()
 
     def pids(self) -> list[int]:

@@ -35,7 +35,7 @@ from websockets.uri import parse_uri
 
 from bench import report
 from bench.harness import LOADGEN_CPU
-from bench.loadgen import HOST, CollectsResponse, Publisher, flush_websocket, longpoll_request
+from bench.loadgen import HOST, CollectsResponse, Job, Publisher, flush_websocket, longpoll_request, open_publisher
 from bench.procstat import rss_kib
 from bench.servers import SERVERS, Server
 
@@ -186,11 +186,10 @@ class Soak:
                 self.rejoin_later(follower, random.uniform(0.2, 2.0))
 
     async def publish(self, deadline: float) -> None:
-        loop = asyncio.get_running_loop()
         free: asyncio.Queue[Publisher] = asyncio.Queue()
         answers: list[int] = []
         # One keep-alive connection, one publish at a time: the next number depends on this answer.
-        await loop.create_connection(lambda: Publisher(free, answers), HOST, self.server.port)
+        await open_publisher(Job("publish", self.server.port, self.server.flavour), free, answers)
         started = time.monotonic()
         n = 0
         conn = await asyncio.wait_for(free.get(), 10)
