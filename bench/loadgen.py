@@ -11,6 +11,9 @@ waits for a `go` line, then prints `{"event": "result", ...}`. The idle job prin
 
 Message bodies are `"<seq> <publish unix time>"`, so each subscriber counts every
 sequence number (loss, duplicates) and measures publish→receive latency.
+
+Flavours (how to subscribe, read a message and publish): `tidings`; `nchan` (the body is the
+message); `socketio` (Engine.IO v4 / Socket.IO over WebSocket, the body is an event's data).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ PORTS_PER_SOURCE = 20000  # connections per 127.0.0.x source address (ephemeral 
 class Job:
     mode: str  # idle | fanout | channels | publish
     port: int
-    flavour: str  # tidings | nchan: how to subscribe, read a message, publish
+    flavour: str  # tidings | nchan | socketio: how to subscribe, read a message, publish
     transport: str = "longpoll"  # longpoll | sse | ws
     subscribers: int = 0
     channels: int = 1
@@ -306,6 +309,36 @@ class WebSocketClient(asyncio.Protocol):
             self.stats.reconnects += 1
 
 
+class SocketIOClient(WebSocketClient):
+    """A Socket.IO subscriber as lean as the WebSocket one: Engine.IO v4 straight over WebSocket
+    (no long-polling first), the default namespace, the room named in the query string. The open
+    packet `0{...}` is answered with the namespace connect `40`; `40{...}` back says the room is
+    joined (subscribed from then on); events arrive as `42["message","<seq> <time>"]`, and a ping
+    `2` is answered with a pong `3`."""
+
+    def path(self, channel: str) -> str:
+        return f"/socket.io/?EIO=4&transport=websocket&channel={channel}"
+
+    def opened(self) -> None:
+        pass  # (the namespace connect's answer counts)
+
+    def text(self, payload: bytes, now: float) -> bool:
+        if payload.startswith(b"42"):
+            # The event's data is the body as published: a JSON string with nothing to escape.
+            record(self.stats, self.sub, payload[payload.index(b',"') + 2 : payload.rindex(b'"')], now)
+            return True
+        if payload == b"2":
+            self.protocol.send_text(b"3")
+        elif payload.startswith(b"0"):
+            self.protocol.send_text(b"40")
+        elif payload.startswith(b"40") and not self.alive:
+            self.alive = True
+            self.stats.connected += 1
+        elif payload.startswith(b"44"):  # the namespace connect refused
+            self.stats.bad_status += 1
+        return False
+
+
 async def connect(
     job: Job, stats: Stats, sub: Subscriber, client: Callable[..., asyncio.Protocol], source: str, tries: int = 5
 ) -> None:
@@ -325,6 +358,8 @@ async def open_subscribers(job: Job, stats: Stats, subs: list[Subscriber], first
     client: Callable[..., asyncio.Protocol] = {"sse": SSEClient, "ws": WebSocketClient}.get(
         job.transport, LongPollClient
     )
+    if client is WebSocketClient and job.flavour == "socketio":
+        client = SocketIOClient
     gate = asyncio.Semaphore(256)
 
     async def one(index: int, sub: Subscriber) -> None:

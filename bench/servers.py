@@ -1,9 +1,11 @@
 """The servers a benchmark compares: each started fresh per run, pinned to CPU 0, on a free
-127.0.0.1 port. Adding a Tidings broker is one entry in `SERVERS`."""
+127.0.0.1 port. Adding a Tidings broker is one entry in `SERVERS`. The peers: Nchan (nginx) and
+python-socketio (on uvicorn, `bench/socketio_app.py`)."""
 
 from __future__ import annotations
 
 import http.client
+import importlib.util
 import os
 import random
 import shutil
@@ -63,7 +65,7 @@ def _pin() -> None:
 
 class Server:
     name = ""
-    flavour = ""  # how the load generator talks to it: tidings | nchan
+    flavour = ""  # how the load generator talks to it: tidings | nchan | socketio
     transports: tuple[str, ...] = ("longpoll", "sse", "ws")
     connect_batch = 0  # subscribers opened at a time, each batch answered before the next (0: no batches)
 
@@ -233,11 +235,48 @@ class Nchan(Server):
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def _answers_health(port: int, says: bytes) -> bool:
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        conn.request("GET", "/healthz")
+        return says in conn.getresponse().read()
+    except (OSError, http.client.HTTPException):
+        return False
+
+
+class SocketIO(Server):
+    """python-socketio's ASGI server on uvicorn, one process (`bench/socketio_app.py`): WebSocket
+    only. uvicorn's keep-alive timeout (5 s by default) is raised so that it keeps idle publishers."""
+
+    name = "socketio"
+    flavour = "socketio"
+    transports = ("ws",)
+
+    def unavailable(self) -> str | None:
+        missing = [pkg for pkg, module in (("python-socketio", "socketio"), ("uvicorn", "uvicorn"))
+                   if importlib.util.find_spec(module) is None]  # fmt: skip
+        if missing:
+            return f"{' and '.join(missing)} not installed (pip install -e '.[bench]')"
+        return None
+
+    def answers(self) -> bool:
+        return _answers_health(self.port, b"socketio")
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "uvicorn", "bench.socketio_app:app", "--app-dir", str(HERE.parent),
+            "--host", "127.0.0.1", "--port", str(self.port), "--loop", "uvloop", "--http", "httptools",
+            "--timeout-keep-alive", "600", "--backlog", "8192", "--no-access-log", "--log-level", "warning",
+            "--lifespan", "off",
+        ]  # fmt: skip
+
+
 SERVERS: dict[str, Callable[[], Server]] = {
     "tidings": lambda: Tidings("memory"),
     "tidings-redis": TidingsRedis,
     "tidings-w2": lambda: TidingsWorkers(2),
     "nchan": Nchan,
+    "socketio": SocketIO,
 }
 # Run when named (`--servers tidings-w2,nchan-w2`): Nchan at the worker count of `tidings-w2`.
 ON_REQUEST_SERVERS: dict[str, Callable[[], Server]] = {
