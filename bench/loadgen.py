@@ -13,7 +13,8 @@ Message bodies are `"<seq> <publish unix time>"`, so each subscriber counts ever
 sequence number (loss, duplicates) and measures publish→receive latency.
 
 Flavours (how to subscribe, read a message and publish): `tidings`; `nchan` (the body is the
-message); `socketio` (Engine.IO v4 / Socket.IO over WebSocket, the body is an event's data).
+message); `socketio` (Engine.IO v4 / Socket.IO over WebSocket, the body is an event's data);
+`pushpin` (SSE through a GRIP backend, publishes to Pushpin's HTTP publish API on `publish_port`).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ PORTS_PER_SOURCE = 20000  # connections per 127.0.0.x source address (ephemeral 
 class Job:
     mode: str  # idle | fanout | channels | publish
     port: int
-    flavour: str  # tidings | nchan | socketio: how to subscribe, read a message, publish
+    flavour: str  # tidings | nchan | socketio | pushpin: how to subscribe, read a message, publish
     transport: str = "longpoll"  # longpoll | sse | ws
     subscribers: int = 0
     channels: int = 1
@@ -59,7 +60,7 @@ class Job:
     publishes: bool = True
     publish_port: int = 0  # where publishes go (0: `port`)
     # Subscribers opened this many at a time, each batch answered before the next (0: up to 256
-    # connects in flight, not waiting for answers), for a server that fails a large burst.
+    # connects in flight, not waiting for answers). Pushpin answers 502 to a large burst.
     connect_batch: int = 0
 
 
@@ -227,7 +228,7 @@ class SSEClient(_Client):
         events = (self.pending + body).split(b"\n\n")
         self.pending = events.pop()
         now = 0.0
-        nchan = self.job.flavour == "nchan"
+        raw = self.job.flavour != "tidings"  # Nchan's and Pushpin's data is the message itself
         for event in events:
             start = event.find(b"data: ")
             if start < 0:
@@ -236,7 +237,7 @@ class SSEClient(_Client):
             data = event[start + 6 :] if end < 0 else event[start + 6 : end]
             if not now:
                 now = time.time()
-            record(self.stats, self.sub, data if nchan else tidings_data(data), now)
+            record(self.stats, self.sub, data if raw else tidings_data(data), now)
         if now:
             self.stats.responses += 1
 
@@ -385,9 +386,13 @@ async def wait_connected(stats: Stats, count: int, seconds: float) -> None:
         await asyncio.sleep(0.05)
 
 
+# Pushpin's HTTP publish API: one item, its SSE event as the subscribers will get it.
+PUSHPIN_ITEM = b'{"items":[{"channel":"%s","formats":{"http-stream":{"content":"event: message\\ndata: %s\\n\\n"}}}]}'
+
+
 class Publisher(asyncio.Protocol):
     """One keep-alive connection that publishes one message at a time (where the server closes the
-    connection after its answer, a new connection takes its place)."""
+    connection after its answer, as Pushpin's publish API does, a new connection takes its place)."""
 
     def __init__(self, job: Job, free: asyncio.Queue[Publisher], answers: list[int]) -> None:
         self.job = job
@@ -405,9 +410,12 @@ class Publisher(asyncio.Protocol):
 
     def send(self, channel: str, body: bytes) -> None:
         assert self.transport is not None
+        path, kind = b"/pub/" + channel.encode(), b"text/plain"
+        if self.job.flavour == "pushpin":
+            path, kind, body = b"/publish/", b"application/json", PUSHPIN_ITEM % (channel.encode(), body)
         self.transport.write(
-            b"POST /pub/%s HTTP/1.1\r\nHost: b\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s"
-            % (channel.encode(), len(body), body)
+            b"POST %s HTTP/1.1\r\nHost: b\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n%s"
+            % (path, kind, len(body), body)
         )
 
     def on_message_complete(self) -> None:

@@ -1,6 +1,7 @@
 """The servers a benchmark compares: each started fresh per run, pinned to CPU 0, on a free
-127.0.0.1 port. Adding a Tidings broker is one entry in `SERVERS`. The peers: Nchan (nginx) and
-python-socketio (on uvicorn, `bench/socketio_app.py`)."""
+127.0.0.1 port. Adding a Tidings broker is one entry in `SERVERS`. The peers: Nchan (nginx),
+python-socketio (on uvicorn, `bench/socketio_app.py`) and Pushpin (with its GRIP backend,
+`bench/grip_backend.py`)."""
 
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ def _pin() -> None:
 
 class Server:
     name = ""
-    flavour = ""  # how the load generator talks to it: tidings | nchan | socketio
+    flavour = ""  # how the load generator talks to it: tidings | nchan | socketio | pushpin
     transports: tuple[str, ...] = ("longpoll", "sse", "ws")
     connect_batch = 0  # subscribers opened at a time, each batch answered before the next (0: no batches)
 
@@ -271,12 +272,77 @@ class SocketIO(Server):
         ]  # fmt: skip
 
 
+class Pushpin(Server):
+    """Debian's Pushpin with a private config (`bench/pushpin.conf`) and runtime folder, its runner
+    starting condure, zurl, pushpin-proxy and pushpin-handler, plus the GRIP backend that tells it
+    to hold each subscriber's stream (`bench/grip_backend.py`): all counted as the server, the
+    backend too, since an application behind Pushpin pays for it. SSE only."""
+
+    name = "pushpin"
+    flavour = "pushpin"
+    transports = ("sse",)
+    connect_batch = 100  # a burst of a thousand new streams gets 502s
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.publish_port = other_port(self.port)
+        self.backend_port = other_port(self.port, self.publish_port)
+        self.backend: subprocess.Popen[bytes] | None = None
+        self.dir = ""  # made at start, removed at stop
+
+    def unavailable(self) -> str | None:
+        missing = [binary for binary in ("pushpin", "condure", "zurl") if shutil.which(binary) is None]
+        if missing:
+            return f"{', '.join(missing)} not installed (Debian: apt-get install pushpin)"
+        return None
+
+    def start(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="tidings-bench-pushpin-")
+        for sub in ("run", "log"):
+            os.mkdir(Path(self.dir) / sub)
+        (Path(self.dir) / "routes").write_text(f"* 127.0.0.1:{self.backend_port}\n")
+        template = (HERE / "pushpin.conf").read_text()
+        config = template.format(dir=self.dir, port=self.port, publish_port=self.publish_port)
+        (Path(self.dir) / "pushpin.conf").write_text(config)
+        self.backend = subprocess.Popen(
+            [sys.executable, str(HERE / "grip_backend.py"), str(self.backend_port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_pin,
+        )  # fmt: skip
+        wait_listening(self.backend_port, 10)
+        super().start()
+
+    def command(self) -> list[str]:
+        return ["pushpin", "--config", str(Path(self.dir) / "pushpin.conf")]
+
+    def answers(self) -> bool:
+        """Pushpin's proxy reaches the backend through zurl, and its publish port is open."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.publish_port), timeout=0.5):
+                pass
+        except OSError:
+            return False
+        return _answers_health(self.port, b"grip-backend")
+
+    def pids(self) -> list[int]:
+        assert self.backend is not None
+        return super().pids() + process_tree(self.backend.pid)
+
+    def stop(self) -> None:
+        super().stop()
+        if self.backend is not None and self.backend.poll() is None:
+            self.backend.terminate()
+            self.backend.wait(10)
+        if self.dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
 SERVERS: dict[str, Callable[[], Server]] = {
     "tidings": lambda: Tidings("memory"),
     "tidings-redis": TidingsRedis,
     "tidings-w2": lambda: TidingsWorkers(2),
     "nchan": Nchan,
     "socketio": SocketIO,
+    "pushpin": Pushpin,
 }
 # Run when named (`--servers tidings-w2,nchan-w2`): Nchan at the worker count of `tidings-w2`.
 ON_REQUEST_SERVERS: dict[str, Callable[[], Server]] = {
