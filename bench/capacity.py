@@ -115,6 +115,9 @@ def main(argv: list[str]) -> int:
             log(f"skipping {name}: {why}")
             continue
         for transport in args.transports.split(","):
+            if transport not in servers[name]().transports:
+                log(f"skipping {name} on {transport}: it is measured on {', '.join(servers[name]().transports)} only")
+                continue
             rows.append(run_one(servers[name](), transport, args.subscribers, args.processes, log))
     text = (
         f"## Capacity {datetime.date.today()}: {args.subscribers} idle subscribers on one channel, "

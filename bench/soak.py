@@ -572,6 +572,8 @@ def main(argv: list[str]) -> int:
         server = SERVERS[name]()
         server.buffer = plan.buffer
         why = server.unavailable()
+        if server.flavour not in ("tidings", "nchan"):
+            why = "its subscribers cannot resume from a message id, which the soak's churn needs"
         if why:
             log(f"skipping {name}: {why}")
             continue
