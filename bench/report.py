@@ -79,6 +79,15 @@ def _command_output(*command: str) -> str:
     return (done.stdout or done.stderr).strip().splitlines()[0] if (done.stdout or done.stderr) else "?"
 
 
+def _distribution(name: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
 def environment() -> str:
     cpu = "?"
     try:
@@ -93,10 +102,17 @@ def environment() -> str:
     from tidings import __version__
 
     nchan = _command_output("dpkg-query", "-W", "-f=${Version}", "libnginx-mod-nchan")
+    pushpin, condure, zurl = (_command_output("dpkg-query", "-W", "-f=${Version}", name)
+                              for name in ("pushpin", "condure", "zurl"))  # fmt: skip
+    sio, eio, uvicorn, ws = (
+        _distribution(name) for name in ("python-socketio", "python-engineio", "uvicorn", "websockets")
+    )
     return "\n".join([
         f"- machine: {os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}",
         f"- Python {platform.python_version()}, Tidings {__version__} (uvloop, httptools)",
         f"- {_command_output('nginx', '-v')}; Nchan {nchan}",
+        f"- python-socketio {sio} (python-engineio {eio}) on uvicorn {uvicorn} (websockets {ws})",
+        f"- Pushpin {pushpin}, condure {condure}, zurl {zurl}; its GRIP backend counted as the server's",
         "- server pinned to CPU 0, load generator to CPU 1; CPU and RSS summed over the server's process tree",
     ])  # fmt: skip
 
