@@ -221,8 +221,10 @@ class SSEClient(_Client):
         if self.parser.get_status_code() == 200:
             self.alive = True
             self.stats.connected += 1
-        else:
+        else:  # counted, and tried again on a new connection (Pushpin sometimes answers 502 at first)
             self.stats.bad_status += 1
+            assert self.transport is not None
+            self.transport.close()
 
     def on_body(self, body: bytes) -> None:
         events = (self.pending + body).split(b"\n\n")
@@ -495,7 +497,8 @@ async def run_idle(job: Job) -> None:
         await open_subscribers(job, stats, subs, first=opened)
         await wait_connected(stats, level, 30)
         opened = level
-        emit("level", level=level, connected=stats.connected, failed=stats.failed)
+        emit("level", level=level, connected=stats.connected, failed=stats.failed, bad_status=stats.bad_status,
+             reconnects=stats.reconnects)  # fmt: skip
         if await read_command() != "next":
             break
     stats.running = False
