@@ -84,10 +84,16 @@ class Server:
         """Why this server cannot run here, or None."""
         return None
 
+    def environment(self) -> dict[str, str] | None:
+        """The server's environment, if not this process's."""
+        return None
+
     def start(self) -> None:
         # A file, not a pipe: nobody reads it while the server runs (a full pipe would block it).
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=self.log, preexec_fn=_pin)
+        self.proc = subprocess.Popen(
+            self.command(), stdout=subprocess.DEVNULL, stderr=self.log, preexec_fn=_pin, env=self.environment()
+        )
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -146,6 +152,28 @@ class Tidings(Server):
             sys.executable, "-m", "tidings", "serve", "--port", str(self.port), "--broker", self.broker,
             "--buffer-size", str(self.buffer), "--log-level", "warning",
         ]  # fmt: skip
+
+
+class TidingsCompiled(Tidings):
+    """Tidings compiled by mypyc, from the environment `scripts/test --compiled` installs it into
+    (`.venv-compiled`, or the interpreter named by TIDINGS_BENCH_COMPILED_PYTHON)."""
+
+    def __init__(self) -> None:
+        super().__init__("memory")
+        self.name = "tidings-compiled"
+        self.python = os.environ.get("TIDINGS_BENCH_COMPILED_PYTHON") or str(HERE.parent / ".venv-compiled/bin/python")
+
+    def environment(self) -> dict[str, str]:
+        return {**os.environ, "PYTHONSAFEPATH": "1"}  # the source tree must not shadow the installed build
+
+    def unavailable(self) -> str | None:
+        check = "import sys, tidings; sys.exit(not tidings.compiled())"
+        if not Path(self.python).exists() or subprocess.run([self.python, "-P", "-c", check]).returncode != 0:
+            return f"no compiled Tidings at {self.python} (scripts/test --compiled installs one)"
+        return None
+
+    def command(self) -> list[str]:
+        return [self.python, *super().command()[1:]]
 
 
 class TidingsWorkers(Tidings):
@@ -338,6 +366,7 @@ class Pushpin(Server):
 
 SERVERS: dict[str, Callable[[], Server]] = {
     "tidings": lambda: Tidings("memory"),
+    "tidings-compiled": TidingsCompiled,
     "tidings-redis": TidingsRedis,
     "tidings-w2": lambda: TidingsWorkers(2),
     "nchan": Nchan,
