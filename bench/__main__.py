@@ -1,4 +1,5 @@
 """python -m bench [--quick] [--smoke] [--servers tidings,nchan] [--scenarios ABCD] [--transports ...] [--repeat N]
+    [--fanout 1000] [--label NAME]
 
 python -m bench soak [--minutes M] [--subscribers N] ...: the long run with churn (bench/soak.py).
 
@@ -43,12 +44,17 @@ def main() -> int:
         "--transports", default=",".join(harness.TRANSPORTS), help="comma-separated, of longpoll, sse, ws"
     )
     parser.add_argument("--repeat", type=int, help="repetitions per case (medians are reported)")
+    parser.add_argument("--fanout", help="only these fan-out sizes S (comma-separated, e.g. 1000)")
     parser.add_argument("--out", type=Path, help="folder for <date>.md and the plot (default bench/results)")
+    parser.add_argument("--label", help="results go to <date>-<label>.md (a partial run beside a full one)")
     args = parser.parse_args()
 
     plan = harness.QUICK if args.quick else harness.FULL
     if args.repeat:
-        plan = harness.Plan(plan.idle_levels, plan.fanout, plan.channels, plan.publish, args.repeat)
+        plan = dataclasses.replace(plan, repeat=args.repeat)
+    if args.fanout:
+        sizes = {int(size) for size in args.fanout.split(",")}
+        plan = dataclasses.replace(plan, fanout=[case for case in plan.fanout if case[0] in sizes])
     out = args.out or (Path(tempfile.mkdtemp()) if args.smoke else Path(__file__).parent / "results")
     out.mkdir(parents=True, exist_ok=True)
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -64,7 +70,7 @@ def main() -> int:
     if skipped:
         log(f"idle levels {skipped} skipped: the hard file-descriptor limit here is {hard}")
         levels = [*(n for n in plan.idle_levels if n <= most), most]
-        plan = harness.Plan(levels, plan.fanout, plan.channels, plan.publish, plan.repeat)
+        plan = dataclasses.replace(plan, idle_levels=levels)
     factories = {}
     for name in args.servers.split(","):
         if name not in known:
@@ -85,7 +91,7 @@ def main() -> int:
     text = "\n".join([f"## Results {stamp} ({mode}, {plan.repeat} repetition(s), medians)", "",
                       report.environment(), "", report.tables(rows)])  # fmt: skip
     print(text)
-    name = f"{stamp}-{mode}" if mode != "full" else stamp
+    name = "-".join([stamp, *([mode] if mode != "full" else []), *([args.label] if args.label else [])])
     (out / f"{name}.md").write_text(text + "\n")
     raw = [dataclasses.asdict(r) for r in rows]  # every repetition, for re-plotting
     (out / f"{name}.json").write_text(json.dumps(raw, indent=1) + "\n")
