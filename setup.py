@@ -12,8 +12,9 @@ from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
 # Not compiled: the entry point (nothing to gain), the Python client (mypyc has no async
-# generators) and the errors (mypyc's native exception classes lose their class-level `code`).
-PURE = {"tidings/__main__.py", "tidings/client.py", "tidings/errors.py"}
+# generators), the errors (mypyc's native exception classes lose their class-level `code`) and
+# the static files' package marker (empty).
+PURE = {"tidings/__main__.py", "tidings/client.py", "tidings/errors.py", "tidings/static/__init__.py"}
 
 
 def compiled_modules() -> list[str]:

@@ -7,10 +7,11 @@ import ast
 import re
 from pathlib import Path
 
-import tidings
-
-PACKAGE = Path(tidings.__file__).parent
-README = PACKAGE.parent / "README.md"
+# The source tree, not the installed package: a compiled install holds no README and its
+# modules beside their .so files.
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "tidings"
+README = ROOT / "README.md"
 
 
 def _walk_section() -> str:
