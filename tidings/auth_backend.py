@@ -31,10 +31,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import Histogram
-
 from tidings.encoding import encode_json
 from tidings.http_client import JsonPoster, UpstreamError
+from tidings.latency import LatencyHistogram
 from tidings.presence import Identity, user_name
 from tidings.web.http import HttpError, Request
 
@@ -83,11 +82,10 @@ class BackendAuth:
         self.cache: dict[DecisionKey, Decision] = {}
         self.asking: dict[QuestionKey, asyncio.Future[dict[str, Decision]]] = {}
         self.calls = 0
-        self.seconds = Histogram(
+        self.seconds = LatencyHistogram(
             "tidings_auth_url_seconds",
             "Time the application's backend took to answer an --auth-url check",
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
-            registry=None,
+            (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
         )
 
     def close(self) -> None:

@@ -20,11 +20,10 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, TypeVar
 
-from prometheus_client import Histogram
-
 from tidings.brokers import Broker, NumberingBus
 from tidings.errors import BrokerFailed, BrokerUnavailable, OverCapacity, TidingsError
 from tidings.hub import DEFAULT_BATCH, Batch, ChannelInfo, Cursor, JSONValue, Published, wall_clock_ms
+from tidings.latency import LatencyHistogram
 from tidings.presence import EMPTY_VIEW, RemoteView
 
 log = logging.getLogger("tidings")
@@ -51,11 +50,10 @@ class PublishStats:
         self.accepted = 0
         self.refused = 0
         # Not registered: the metrics endpoint registers it where it collects the rest.
-        self.seconds = Histogram(
+        self.seconds = LatencyHistogram(
             "tidings_publish_seconds",
             "From a publish reaching the server's relay to its fan-out in this process (or its hand-off to the bus)",
-            buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0),
-            registry=None,
+            (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0),
         )
 
 

@@ -8,8 +8,13 @@ from collections.abc import Callable
 
 import httpx
 from conftest import ServerProcess, scrape, wait_until
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from rawhttp import Connection
 from websockets.asyncio.client import connect
+
+from tidings.latency import LatencyHistogram
+from tidings.web.metrics import HistogramCollector
 
 
 def test_metrics_count_connections_subscribers_publishes_and_gaps(
@@ -60,3 +65,18 @@ def test_websocket_publishes_count_like_http_ones(start_server: Callable[..., Se
             assert after[(name, ())] == before[(name, ())] + 1, name
 
     asyncio.run(scenario())
+
+
+def test_latency_histogram_reads_as_prometheus_buckets() -> None:
+    """A value on a bound counts in that bound's bucket (Prometheus' `le`); past the last, in +Inf."""
+    histogram = LatencyHistogram("t_seconds", "test", (0.001, 0.01))
+    for seconds in (0.0005, 0.001, 0.002, 0.5):
+        histogram.observe(seconds)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(HistogramCollector(histogram))
+    (family,) = text_string_to_metric_families(generate_latest(registry).decode())
+    values = {(s.name, s.labels.get("le")): s.value for s in family.samples}
+    assert values[("t_seconds_bucket", "0.001")] == 2
+    assert values[("t_seconds_bucket", "0.01")] == 3
+    assert values[("t_seconds_bucket", "+Inf")] == 4 and values[("t_seconds_count", None)] == 4
+    assert values[("t_seconds_sum", None)] == 0.5035

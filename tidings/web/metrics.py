@@ -9,12 +9,13 @@ from collections.abc import Collection, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
 from tidings.hub import Hub
+from tidings.latency import LatencyHistogram
 from tidings.relay import Relay
 from tidings.web.http import HttpConnection
 
@@ -89,6 +90,19 @@ class TidingsCollector(Collector):
         yield up
 
 
+class HistogramCollector(Collector):
+    """A `LatencyHistogram`, as Prometheus reads it."""
+
+    def __init__(self, histogram: LatencyHistogram) -> None:
+        self.histogram = histogram
+
+    def collect(self) -> Iterator[Metric]:
+        histogram = self.histogram
+        yield HistogramMetricFamily(
+            histogram.name, histogram.description, buckets=histogram.cumulative(), sum_value=histogram.total
+        )
+
+
 def _transport(conn: HttpConnection) -> str:
     held = conn.held
     if held is None:
@@ -103,13 +117,13 @@ class Metrics:
         relay: Relay,
         stats: Stats,
         connections: Collection[HttpConnection],
-        auth_url_seconds: Collector | None = None,
+        auth_url_seconds: LatencyHistogram | None = None,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(TidingsCollector(hub, relay, stats, connections))
-        self.registry.register(relay.stats.seconds)
+        self.registry.register(HistogramCollector(relay.stats.seconds))
         if auth_url_seconds is not None:
-            self.registry.register(auth_url_seconds)
+            self.registry.register(HistogramCollector(auth_url_seconds))
 
     def exposition(self) -> bytes:
         """This process's metrics, in the text format."""
