@@ -79,6 +79,12 @@ class ServerProcess:
     def log(self) -> str:
         return "".join(self.lines)
 
+    def whole_log(self, timeout: float = 5.0) -> str:
+        """The log up to its end, once the process (and every child writing to it) has exited."""
+        self._reader.join(timeout)
+        assert not self._reader.is_alive(), f"the log did not end within {timeout:g} s"
+        return self.log()
+
 
 def free_ports(count: int) -> list[int]:
     """Distinct free ports below the ephemeral range: a port the kernel hands out for outgoing

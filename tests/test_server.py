@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import httpx
 import pytest
-from conftest import ServerProcess, wait_until
+from conftest import RedisProcess, ServerProcess, wait_until
 from rawhttp import Connection, request
 
 import tidings
@@ -50,6 +50,19 @@ def test_sigterm_answers_held_polls_ends_streams_and_exits_quickly(
     asyncio.run(scenario())
     assert srv.proc.returncode == 0
     assert "stopped" in srv.log()
+
+
+@pytest.mark.parametrize("broker", ["memory", "redis"])
+def test_sigterm_stops_cleanly_on_every_broker(
+    start_server: Callable[..., ServerProcess], redis_server: RedisProcess, broker: str
+) -> None:
+    # (Compiled, a CancelledError suppressed while the Redis broker closed came out of serve.)
+    srv = start_server("--broker", redis_server.url if broker == "redis" else "memory")
+    httpx.post(f"{srv.url}/pub/sigterm", json="kept until the end", timeout=5).raise_for_status()
+    srv.terminate()
+    log = srv.whole_log()
+    assert srv.proc.returncode == 0, log
+    assert "stopped" in log and "Traceback" not in log, log
 
 
 def test_settings_come_from_tidings_environment_variables(

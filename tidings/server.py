@@ -60,17 +60,24 @@ async def serve(settings: Settings, on_ready: Callable[[str, int], None] | None 
     child.tell_ready()
     if on_ready is not None:
         on_ready(host, port)
+    # Shut down the same way when cancelled instead (an embedding program's way to stop us). Not in
+    # a `finally`: mypyc mishandles awaits there (mypyc/mypyc#1114; compiled, a CancelledError
+    # suppressed during the broker's close came out of this function after "stopped").
+    interrupted: BaseException | None = None
     try:
         await stop.wait()
-    finally:
-        log.info("shutting down: answering held requests, ending streams")
-        acceptor.close()
-        sock.close()  # (new connections are refused now, not left to hang while we drain)
-        app.stop()
-        await _drain(app, loop, settings.shutdown_grace)
-        app.close()
-        await broker.close()
-        log.info("stopped")
+    except BaseException as exc:
+        interrupted = exc
+    log.info("shutting down: answering held requests, ending streams")
+    acceptor.close()
+    sock.close()  # (new connections are refused now, not left to hang while we drain)
+    app.stop()
+    await _drain(app, loop, settings.shutdown_grace)
+    app.close()
+    await broker.close()
+    log.info("stopped")
+    if interrupted is not None:
+        raise interrupted
 
 
 def listening_socket(host: str, port: int) -> socket.socket:

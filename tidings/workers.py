@@ -144,6 +144,9 @@ class Supervisor:
         replace = asyncio.Event()
         loop.add_signal_handler(signal.SIGHUP, replace.set)
         watchers: list[asyncio.Task[None]] = []
+        # Stop every child whether this ends by a signal, a child that failed to start, or
+        # cancellation. Not in a `finally`: mypyc mishandles awaits there (mypyc/mypyc#1114).
+        interrupted: BaseException | None = None
         try:
             children = ([self.sequencer] if self.sequencer else []) + self.workers
             for one in children:
@@ -162,17 +165,20 @@ class Supervisor:
                 if replace.is_set() and not stop.is_set():
                     replace.clear()
                     await self._replace_workers()
-        finally:
-            self.stopping = True
-            for task in watchers:
-                task.cancel()
-            await asyncio.gather(*(one.stop() for one in self.workers))  # each drains its clients
-            if self.sequencer is not None:
-                await self.sequencer.stop()
-            os.close(self.lifeline_write)
-            self.sock.close()
-            shutil.rmtree(self.folder, ignore_errors=True)
-            log.info("stopped")
+        except BaseException as exc:
+            interrupted = exc
+        self.stopping = True
+        for task in watchers:
+            task.cancel()
+        await asyncio.gather(*(one.stop() for one in self.workers))  # each drains its clients
+        if self.sequencer is not None:
+            await self.sequencer.stop()
+        os.close(self.lifeline_write)
+        self.sock.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+        log.info("stopped")
+        if interrupted is not None:
+            raise interrupted
 
     async def _keep(self, one: Child) -> None:
         """Start `one` again whenever it exits unasked."""

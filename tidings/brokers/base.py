@@ -15,20 +15,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
 from tidings.hub import ChannelInfo, Cursor, Hub, JSONValue, Published
 from tidings.presence import RemoteView
 
+log = logging.getLogger("tidings.brokers")
+
+
+CANCEL_ROUND = 0.02  # seconds a cancelled task has to stop before it is cancelled again
+CANCEL_ROUNDS = 250  # (a task still running after 5 s of this is left behind, logged)
+
 
 async def cancel_all(tasks: list[asyncio.Task[None]]) -> None:
-    """Stop a broker's background tasks and wait until they have."""
-    for task in tasks:
-        task.cancel()
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    """Stop a broker's background tasks and wait until they have. A task can lose a cancellation:
+    redis-py sends through asyncio.wait_for, which on Python 3.11 drops a cancel that arrives just
+    as the send completes (CPython gh-86296), and the task goes on; so cancel until it stops."""
+    running = {task for task in tasks if not task.done()}
+    for _ in range(CANCEL_ROUNDS):
+        if not running:
+            return
+        for task in running:
+            task.cancel()
+        _, running = await asyncio.wait(running, timeout=CANCEL_ROUND)
+    log.warning("%d background task(s) did not stop when cancelled: %s", len(running), running)
 
 
 def foreign_data(payload: bytes) -> JSONValue:

@@ -445,6 +445,7 @@ class RedisBroker(NumberingBus):
         state = "starting"
         while True:
             pubsub = self.store.client.pubsub()
+            interrupted: BaseException | None = None
             try:
                 await pubsub.psubscribe(self._own_pattern, *self.plain.patterns)
                 for _ in range(1 + len(self.plain.patterns)):
@@ -494,9 +495,13 @@ class RedisBroker(NumberingBus):
                 self.subscribed = False
                 log.exception("the subscription failed; starting it again")
                 state = "down"
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            except BaseException as exc:  # cancelled: close the subscription, then stop
+                interrupted = exc
+            # (Not in a `finally`: mypyc mishandles awaits there, mypyc/mypyc#1114.)
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+            if interrupted is not None:
+                raise interrupted
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
 
