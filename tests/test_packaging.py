@@ -44,8 +44,9 @@ def test_compiling_can_be_turned_off(tmp_path: Path) -> None:
 
 
 def test_no_await_in_a_finally_block() -> None:
-    """mypyc mishandles an await inside `finally` (mypyc/mypyc#1114): compiled, an exception raised
-    and suppressed there came out again after the block. Clean-up that awaits goes after a
+    """mypyc mishandles an await inside `finally` (mypyc/mypyc#1114 swallowed exceptions there; with
+    mypy 2.4, which has that fix, we saw the reverse): compiled, an exception raised and suppressed
+    in an await there came out again after the block. Clean-up that awaits goes after a
     `try`/`except BaseException` that keeps the exception to re-raise (see `server.serve`)."""
     found = []
     for path in sorted((ROOT / "tidings").rglob("*.py")):

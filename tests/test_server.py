@@ -54,10 +54,11 @@ def test_sigterm_answers_held_polls_ends_streams_and_exits_quickly(
 
 @pytest.mark.parametrize("broker", ["memory", "redis"])
 def test_sigterm_stops_cleanly_on_every_broker(
-    start_server: Callable[..., ServerProcess], redis_server: RedisProcess, broker: str
+    start_server: Callable[..., ServerProcess], request: pytest.FixtureRequest, broker: str
 ) -> None:
     # (Compiled, a CancelledError suppressed while the Redis broker closed came out of serve.)
-    srv = start_server("--broker", redis_server.url if broker == "redis" else "memory")
+    redis: RedisProcess | None = request.getfixturevalue("redis_server") if broker == "redis" else None
+    srv = start_server("--broker", redis.url if redis is not None else "memory")
     httpx.post(f"{srv.url}/pub/sigterm", json="kept until the end", timeout=5).raise_for_status()
     srv.terminate()
     log = srv.whole_log()

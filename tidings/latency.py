@@ -5,6 +5,7 @@ a Prometheus histogram when scraped (`web/metrics.py`)."""
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left
 
 
@@ -25,11 +26,11 @@ class LatencyHistogram:
         self.counts[bisect_left(self.bounds, seconds)] += 1
         self.total += seconds
 
-    def cumulative(self) -> list[tuple[str, int]]:
-        """(upper bound, observations at or under it), ending with "+Inf": Prometheus' buckets."""
-        buckets: list[tuple[str, int]] = []
+    def cumulative(self) -> list[tuple[float, int]]:
+        """(upper bound, observations at or under it), ending with infinity: Prometheus' buckets."""
+        buckets: list[tuple[float, int]] = []
         running = 0
-        for bound, count in zip((*map(str, self.bounds), "+Inf"), self.counts, strict=True):
+        for bound, count in zip((*self.bounds, math.inf), self.counts, strict=True):
             running += count
             buckets.append((bound, running))
         return buckets

@@ -61,8 +61,8 @@ async def serve(settings: Settings, on_ready: Callable[[str, int], None] | None 
     if on_ready is not None:
         on_ready(host, port)
     # Shut down the same way when cancelled instead (an embedding program's way to stop us). Not in
-    # a `finally`: mypyc mishandles awaits there (mypyc/mypyc#1114; compiled, a CancelledError
-    # suppressed during the broker's close came out of this function after "stopped").
+    # a `finally`: compiled by mypyc, an exception suppressed in an await there (the broker's tasks'
+    # CancelledError, during its close) was raised again when the block ended, after "stopped".
     interrupted: BaseException | None = None
     try:
         await stop.wait()

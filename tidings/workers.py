@@ -145,7 +145,7 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGHUP, replace.set)
         watchers: list[asyncio.Task[None]] = []
         # Stop every child whether this ends by a signal, a child that failed to start, or
-        # cancellation. Not in a `finally`: mypyc mishandles awaits there (mypyc/mypyc#1114).
+        # cancellation. Not in a `finally`: mypyc mishandles awaits there (see `server.serve`).
         interrupted: BaseException | None = None
         try:
             children = ([self.sequencer] if self.sequencer else []) + self.workers

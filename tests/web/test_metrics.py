@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable
 
 import httpx
+import pytest
 from conftest import ServerProcess, scrape, wait_until
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -79,4 +80,4 @@ def test_latency_histogram_reads_as_prometheus_buckets() -> None:
     assert values[("t_seconds_bucket", "0.001")] == 2
     assert values[("t_seconds_bucket", "0.01")] == 3
     assert values[("t_seconds_bucket", "+Inf")] == 4 and values[("t_seconds_count", None)] == 4
-    assert values[("t_seconds_sum", None)] == 0.5035
+    assert values[("t_seconds_sum", None)] == pytest.approx(0.5035)

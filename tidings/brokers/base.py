@@ -25,22 +25,26 @@ from tidings.presence import RemoteView
 log = logging.getLogger("tidings.brokers")
 
 
-CANCEL_ROUND = 0.02  # seconds a cancelled task has to stop before it is cancelled again
-CANCEL_ROUNDS = 250  # (a task still running after 5 s of this is left behind, logged)
+CANCEL_WAITS = (0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 1.5)  # seconds before cancelling again (5 s in all)
 
 
 async def cancel_all(tasks: list[asyncio.Task[None]]) -> None:
     """Stop a broker's background tasks and wait until they have. A task can lose a cancellation:
     redis-py sends through asyncio.wait_for, which on Python 3.11 drops a cancel that arrives just
-    as the send completes (CPython gh-86296), and the task goes on; so cancel until it stops."""
+    as the send completes (CPython gh-86296), and the task goes on; so cancel again while it runs,
+    at growing intervals (a task's own clean-up after a cancel is not cut short)."""
     running = {task for task in tasks if not task.done()}
-    for _ in range(CANCEL_ROUNDS):
+    for wait in CANCEL_WAITS:
         if not running:
-            return
+            break
         for task in running:
             task.cancel()
-        _, running = await asyncio.wait(running, timeout=CANCEL_ROUND)
-    log.warning("%d background task(s) did not stop when cancelled: %s", len(running), running)
+        _, running = await asyncio.wait(running, timeout=wait)
+    if running:
+        log.warning("%d background task(s) did not stop when cancelled: %s", len(running), running)
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            log.error("a background task had failed: %s", task, exc_info=task.exception())
 
 
 def foreign_data(payload: bytes) -> JSONValue:

@@ -497,7 +497,7 @@ class RedisBroker(NumberingBus):
                 state = "down"
             except BaseException as exc:  # cancelled: close the subscription, then stop
                 interrupted = exc
-            # (Not in a `finally`: mypyc mishandles awaits there, mypyc/mypyc#1114.)
+            # (Not in a `finally`: mypyc mishandles awaits there, see `server.serve`.)
             with contextlib.suppress(Exception):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
             if interrupted is not None:

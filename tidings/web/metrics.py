@@ -13,6 +13,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
 from tidings.hub import Hub
 from tidings.latency import LatencyHistogram
@@ -98,9 +99,8 @@ class HistogramCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         histogram = self.histogram
-        yield HistogramMetricFamily(
-            histogram.name, histogram.description, buckets=histogram.cumulative(), sum_value=histogram.total
-        )
+        buckets = [(floatToGoString(bound), count) for bound, count in histogram.cumulative()]  # type: ignore[no-untyped-call]
+        yield HistogramMetricFamily(histogram.name, histogram.description, buckets=buckets, sum_value=histogram.total)
 
 
 def _transport(conn: HttpConnection) -> str:
@@ -148,7 +148,7 @@ class Metrics:
 def _add_labelled(families: dict[str, Metric], found: Iterable[Metric], worker: int) -> None:
     for family in found:
         if family.name.endswith("_created"):
-            continue  # (a histogram's creation time: read back from the text, it is a family of its own)
+            continue  # (ours have none; a prometheus-client histogram's, read back from text, is a family of its own)
         merged = families.get(family.name)
         if merged is None:
             merged = families[family.name] = Metric(family.name, family.documentation, family.type, family.unit)
