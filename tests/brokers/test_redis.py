@@ -13,12 +13,9 @@ from collections.abc import Callable
 
 import httpx
 import pytest
-import redis.asyncio
 from conftest import RedisProcess, ServerProcess, scrape, wait_until
 from rawhttp import Connection, read_events, request
 from websockets.asyncio.client import connect as ws_connect
-
-from tidings.brokers.base import cancel_all
 
 Cluster = Callable[..., list[ServerProcess]]
 
@@ -517,26 +514,3 @@ def test_a_repeated_websocket_subscribe_reads_the_backlog_once(cluster: Cluster,
             return got
 
     assert asyncio.run(scenario()) == ["m0", "m1", "m2", "sentinel"]
-
-
-def test_closing_stops_tasks_busy_with_redis_whenever_the_cancel_lands(redis_server: RedisProcess) -> None:
-    # redis-py sends through asyncio.wait_for when it has a socket timeout (the broker sets one);
-    # on Python 3.11 that drops a cancel arriving just as the send completes (CPython gh-86296),
-    # and the task went on: the broker's close, and the server's shutdown with it, hung.
-    async def scenario() -> None:
-        client = redis.asyncio.Redis.from_url(redis_server.url, socket_timeout=5.0)
-
-        async def busy() -> None:
-            while True:
-                await client.exists("cancel-all")
-
-        for turns in range(60):  # cancels landing at different points of a command
-            task = asyncio.get_running_loop().create_task(busy())
-            for _ in range(turns):
-                await asyncio.sleep(0)
-            async with asyncio.timeout(5):
-                await cancel_all([task])
-            assert task.cancelled()
-        await client.aclose()
-
-    asyncio.run(scenario())

@@ -28,13 +28,13 @@ log = logging.getLogger("tidings.brokers")
 CANCEL_WAITS = (0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 1.5)  # seconds before cancelling again (5 s in all)
 
 
-async def cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+async def cancel_all(tasks: list[asyncio.Task[None]], waits: tuple[float, ...] = CANCEL_WAITS) -> None:
     """Stop a broker's background tasks and wait until they have. A task can lose a cancellation:
     redis-py sends through asyncio.wait_for, which on Python 3.11 drops a cancel that arrives just
     as the send completes (CPython gh-86296), and the task goes on; so cancel again while it runs,
     at growing intervals (a task's own clean-up after a cancel is not cut short)."""
     running = {task for task in tasks if not task.done()}
-    for wait in CANCEL_WAITS:
+    for wait in waits:
         if not running:
             break
         for task in running:
