@@ -17,7 +17,14 @@ import pytest
 from conftest import ServerProcess, subscribers, wait_until
 from rawhttp import Connection
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+from websockets.uri import parse_uri
+
+from tidings.web.websocket import _between_frames
 
 
 async def frame(ws: ClientConnection, timeout: float = 5) -> dict[str, Any]:
@@ -181,6 +188,80 @@ def test_the_close_code_says_why_the_server_ended_the_socket(
             await exited
 
     asyncio.run(shutdown())
+
+
+def test_frames_split_across_reads_and_fragmented_commands_are_whole(server: ServerProcess, channel: str) -> None:
+    """Between frames the server keeps no frame parser (an idle socket's memory); within one, and
+    within a fragmented message, it must. Each step ends on an answer (a pong, a frame) to what
+    it sent, so the next bytes arrive in a later read."""
+
+    def publish(n: int) -> bytes:
+        return json.dumps({"publish": {"channel": channel, "data": n}}).encode()
+
+    async def scenario() -> None:
+        sock = await _raw_socket(server, f"/ws/{channel}")
+        reader, writer = await asyncio.open_connection(sock=sock)
+        client = ClientProtocol(parse_uri(ws_url(server, f"/ws/{channel}")), state=State.OPEN)
+
+        async def until(wanted: Callable[[Frame], bool]) -> list[Frame]:
+            got: list[Frame] = []
+            async with asyncio.timeout(5):
+                while not any(wanted(f) for f in got):
+                    data = await reader.read(65536)
+                    assert data, f"the server closed the socket; it sent {got}"
+                    client.receive_data(data)
+                    got.extend(e for e in client.events_received() if isinstance(e, Frame))
+            return got
+
+        def pong(data: bytes) -> Callable[[Frame], bool]:
+            return lambda f: f.opcode is Opcode.PONG and f.data == data
+
+        def published(f: Frame) -> bool:
+            return f.opcode is Opcode.TEXT and json.loads(f.data)["type"] == "published"
+
+        def send(*frames: Frame) -> bytes:
+            return b"".join(f.serialize(mask=True) for f in frames)
+
+        # A frame cut after its 2-byte head: the server has read the head, nothing is buffered.
+        whole = send(Frame(Opcode.TEXT, publish(1)))
+        writer.write(send(Frame(Opcode.PING, b"a")) + whole[:2])
+        await until(pong(b"a"))
+        writer.write(whole[2:])
+        got = await until(published)
+        assert [json.loads(f.data)["type"] for f in got if f.opcode is Opcode.TEXT] == ["message", "published"]
+        # A command in two fragments, a ping between them.
+        command = publish(2)
+        writer.write(send(Frame(Opcode.TEXT, command[:10], fin=False), Frame(Opcode.PING, b"b")))
+        await until(pong(b"b"))
+        writer.write(send(Frame(Opcode.CONT, command[10:])))
+        got = await until(published)
+        assert json.loads(got[0].data)["message"]["data"] == 2
+        writer.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_frame_parser_is_seen_to_rest_only_between_frames() -> None:
+    """What lets an idle socket drop its protocol (see the test above for the behaviour): should a
+    later `websockets` park its parser elsewhere, this fails and sockets merely keep it."""
+
+    def fed(*chunks: bytes) -> ServerProtocol:
+        protocol = ServerProtocol(state=State.OPEN)
+        for chunk in chunks:
+            protocol.receive_data(chunk)
+        protocol.events_received()
+        return protocol
+
+    whole = Frame(Opcode.TEXT, b'{"subscribe": ["a"]}').serialize(mask=True)
+    assert _between_frames(fed(whole))
+    assert _between_frames(fed(whole[:7], whole[7:]))
+    for cut in (1, 2, 6, len(whole) - 1):
+        assert not _between_frames(fed(whole[:cut]))
+    fragment = Frame(Opcode.TEXT, b'{"subscribe"', fin=False).serialize(mask=True)
+    assert not _between_frames(fed(fragment))
+    assert _between_frames(fed(fragment, Frame(Opcode.CONT, b': ["a"]}').serialize(mask=True)))
+    closing = fed(Frame(Opcode.CLOSE, b"\x03\xe8").serialize(mask=True))
+    assert not _between_frames(closing)
 
 
 async def _raw_socket(srv: ServerProcess, path: str, receive_buffer: int = 0) -> socket.socket:

@@ -72,6 +72,9 @@ class App:
                 settings.auth_url, settings.auth_url_headers, settings.auth_url_ttl, settings.auth_url_timeout
             )
         self.public = PublicChannels(settings.public_channels)
+        # The headers an authorization reads: the token's, and those forwarded to --auth-url.
+        forwarded = self.backend.header_bytes if self.backend else ()
+        self.credential_headers = frozenset((b"authorization", b"cookie", *forwarded))
         self.stats = metrics.Stats()
         self.metrics = metrics.Metrics(
             hub, self.relay, self.stats, self.connections, self.backend.seconds if self.backend else None
@@ -205,6 +208,10 @@ class App:
             raise self._counted(exc) from None
         if allowed:
             proceed()
+
+    def keep_credentials(self, request: Request) -> None:
+        kept = self.credential_headers
+        request.raw_headers = [(name, value) for name, value in request.raw_headers if name.lower() in kept]
 
     def _identify(self, request: Request) -> None:
         """Who a subscriber is, for presence, before any check names them (a public channel

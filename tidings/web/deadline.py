@@ -40,8 +40,8 @@ class Deadline:
         self.at = 0.0
 
     def stop(self) -> None:
-        """For good (the connection is gone): a pending handle would keep its owner alive
-        until it fires."""
+        """For good (the connection is gone, or streams until it closes): a pending handle
+        would keep its owner alive, and its ~600 bytes, until it fires."""
         self.at = 0.0
         if self._handle is not None:
             self._handle.cancel()

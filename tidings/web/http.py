@@ -320,7 +320,7 @@ class HttpConnection(asyncio.Protocol):
         self.limits = limits
         self.transport: asyncio.Transport | None = None
         self.peer = "-"  # the client's address
-        self.parser = httptools.HttpRequestParser(self)
+        self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)  # None once upgraded
         self.state = IDLE
         self.deadline = Deadline(loop, self._timed_out)  # keep-alive in IDLE, the request timeout in READING
         self.held: Held | None = None
@@ -359,8 +359,11 @@ class HttpConnection(asyncio.Protocol):
             if len(self.early) > EARLY_BYTES:
                 self._fail(HttpError(400, "bad_request", "too much sent before the upgrade was answered", True))
             return
+        parser = self.parser
+        if parser is None:  # (not reached: a connection loses its parser when upgraded, above)
+            return
         try:
-            self.parser.feed_data(data)
+            parser.feed_data(data)
             if self.state is READING and not self._reading_timed:
                 # A request still incomplete after this read: from now on it has a deadline.
                 # (Most arrive whole in one read and never pay for a timer.)
@@ -460,16 +463,18 @@ class HttpConnection(asyncio.Protocol):
         else:
             parsed = httptools.parse_url(url)
             path, query = parsed.path or b"/", parsed.query or b""
+        parser = self.parser
+        assert parser is not None  # (it is the one calling)
         try:
-            method = self.parser.get_method()
+            method = parser.get_method()
             request = Request(
                 _METHODS.get(method) or method.decode("ascii", "replace"),
                 path.decode("utf-8"),
                 query.decode("utf-8"),
                 self._headers,
                 b"".join(self._body) if self._body else b"",
-                self.parser.should_keep_alive(),
-                self.parser.get_http_version() == "1.1",
+                parser.should_keep_alive(),
+                parser.get_http_version() == "1.1",
                 self.peer,
             )
         except (UnicodeDecodeError, ValueError):
@@ -588,6 +593,12 @@ class HttpConnection(asyncio.Protocol):
         self.transport.write(handshake)
         self.upgraded = upgraded
         self.held = upgraded
+        # The bytes are the upgraded protocol's from now on: what only HTTP needed goes
+        # (~1.5 KB of a WebSocket's idle memory: the parser, and the keep-alive timer
+        # handle that would otherwise wait out its time).
+        self.parser = None
+        self._headers = []  # (the handshake's, which the application may keep a part of)
+        self.deadline.stop()
         early, self.early = self.early, None
         if early:
             upgraded.receive(bytes(early))
@@ -603,6 +614,7 @@ class HttpConnection(asyncio.Protocol):
         self.state = next_state(self.state, STREAM_BEGINS)
         if self.state is CLOSED or self.transport is None or self.request is None:
             return
+        self.deadline.stop()  # a stream ends with its connection: no timeout applies again
         if self.limits.access_log:
             self._log_access(101 if self.upgraded is not None else 200, 0)
         if self.upgraded is not None:  # the handshake was the head; frames are the stream

@@ -43,5 +43,9 @@ class Services(Protocol):
         is the caller's; else later. A refusal raises HttpError (401, 403) at once, or goes to
         `fail` later, as does an --auth-url that cannot answer (503)."""
 
+    def keep_credentials(self, request: Request) -> None:
+        """Drops the request's headers but those `authorize` reads: what a WebSocket keeps of
+        its handshake to authorize the commands it sends (a browser's headers are ~1 KB)."""
+
     def check_room(self, channels: tuple[str, ...]) -> None:
         """Raises HttpError (403) when a channel has as many subscribers here as allowed."""
