@@ -65,7 +65,7 @@ from typing import Any, cast
 import zmq
 
 from tidings.brokers.base import foreign_data
-from tidings.encoding import encode_json
+from tidings.encoding import decode_json, encode_json
 from tidings.errors import InvalidChannel, OverCapacity, TidingsError
 from tidings.hub import Hub, JSONValue, MessageId, validate_channel, wall_clock_ms
 
@@ -169,7 +169,7 @@ def checked_json(data: bytes) -> bytes:
     """`data` if it is compact UTF-8 JSON, as Tidings processes send it, else the same value
     encoded so (raises ValueError when it is not JSON at all): whatever reaches the requests
     socket reaches subscribers as it is, and SSE and NDJSON frame messages by lines."""
-    value = json.loads(data.decode())  # (strict UTF-8: no BOM, no UTF-16; JSON has no raw NUL)
+    value = decode_json(data.decode())  # (strict UTF-8: no BOM, no UTF-16; JSON has no raw NUL)
     return encode_json(value) if b"\n" in data or b"\r" in data else data
 
 
@@ -496,7 +496,7 @@ class Sequencer:
                 log.warning("the bus dropped %d message(s) from %s on %s", lost, publisher.decode(), channel)
             self.seen[key] = seq
             try:
-                data = encode_json(json.loads(frames[1].decode()))  # (compact: SSE and NDJSON frame by lines)
+                data = encode_json(decode_json(frames[1].decode()))  # (compact: SSE and NDJSON frame by lines)
             except ValueError:
                 log.debug("ignoring a message on %s whose payload is not JSON", channel)
                 return

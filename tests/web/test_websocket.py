@@ -108,6 +108,7 @@ def test_bad_frames_close_with_clear_codes(start_server: Callable[..., ServerPro
     async def scenario() -> None:
         assert await closed_with(b"\x00binary") == 1003
         assert await closed_with("not json") == 1007
+        assert await closed_with(json.dumps({"publish": {"channel": channel, "data": float("nan")}})) == 1007
         assert await closed_with(json.dumps({"publish": {"channel": channel, "data": "x" * 5000}})) == 1009
         # Not a WebSocket request at all: a JSON error, not a hang.
         answer = httpx.get(f"{srv.url}/ws/{channel}")

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
+from tidings.encoding import decode_json
 from tidings.hub import ChannelInfo, Cursor, Hub, JSONValue, Published
 from tidings.presence import RemoteView
 
@@ -53,7 +53,7 @@ def foreign_data(payload: bytes) -> JSONValue:
     text = payload.decode("utf-8", "replace")
     if text[:1] in ("{", "["):
         with contextlib.suppress(ValueError):
-            return json.loads(text)
+            return decode_json(text)
     return text
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,7 +16,7 @@ from tidings.auth import Auth, PublicChannels, token_of
 from tidings.auth_backend import BackendAuth
 from tidings.brokers import Broker
 from tidings.config import Settings
-from tidings.encoding import encode_json
+from tidings.encoding import decode_json, encode_json
 from tidings.errors import TidingsError
 from tidings.hub import JSONValue, Published, parse_channels, validate_channel, wall_clock_ms
 from tidings.presence import Identity, user_name
@@ -361,7 +360,7 @@ def message_data(request: Request) -> JSONValue:
         raise HttpError(400, "invalid_body", "the message body is not valid UTF-8") from None
     if content_type == "application/json" or content_type.endswith("+json"):
         try:
-            return json.loads(text)
+            return decode_json(text)
         except ValueError as exc:
             raise HttpError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
     if content_type == "application/x-www-form-urlencoded":

@@ -20,7 +20,6 @@ is not JSON with 1007, a frame over the message size limit with 1009, a slow cli
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING
 
 from websockets.datastructures import Headers
@@ -31,7 +30,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.streams import StreamReader
 
-from tidings.encoding import encode_json
+from tidings.encoding import decode_json, encode_json
 from tidings.errors import TidingsError
 from tidings.hub import MAX_CHANNELS_PER_REQUEST, Batch, Cursor, Published, validate_channel
 from tidings.web import params
@@ -156,7 +155,7 @@ class WebSocketSession:
 
     def _command(self, payload: bytes) -> None:
         try:
-            command = json.loads(payload)
+            command = decode_json(payload.decode())
         except ValueError:
             self._close(CloseCode.INVALID_DATA, "frames must be JSON")
             return
