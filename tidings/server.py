@@ -44,7 +44,7 @@ async def serve(settings: Settings, on_ready: Callable[[str, int], None] | None 
     place = child.worker_place()
     if place is not None:
         app.siblings = Siblings(place[1], place[0], loop, app.snapshot)
-    acceptor = Acceptor(loop, sock, connection_factory(app, app.limits, loop), connection_room())
+    acceptor = Acceptor(loop, sock, connection_factory(app, app.limits, app.timeouts), connection_room())
     app.on_count = acceptor.count_changed
     await acceptor.listen(start_serving=False)
     await broker.start()

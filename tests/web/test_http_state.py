@@ -22,6 +22,7 @@ from tidings.web.http import (
     State,
     next_state,
 )
+from tidings.web.wheel import TimeoutWheel
 
 
 class Timer:
@@ -38,7 +39,7 @@ class Timer:
 
 
 class Clock:
-    """The loop as the connection uses it: `time` and `call_at`, advanced by hand."""
+    """The loop as the connection's timeout wheel uses it: `time` and `call_later`, advanced by hand."""
 
     def __init__(self) -> None:
         self.now = 1000.0
@@ -47,8 +48,8 @@ class Clock:
     def time(self) -> float:
         return self.now
 
-    def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
-        timer = Timer(when, callback)
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        timer = Timer(self.now + delay, callback)
         self.timers.append(timer)
         return timer
 
@@ -146,7 +147,7 @@ def transport() -> RecordingTransport:
 
 @pytest.fixture
 def conn(app: App, clock: Clock, transport: RecordingTransport) -> HttpConnection:
-    connection = HttpConnection(app, LIMITS, clock)  # type: ignore[arg-type]
+    connection = HttpConnection(app, LIMITS, TimeoutWheel(clock))  # type: ignore[arg-type]
     connection.connection_made(transport)  # type: ignore[arg-type]
     return connection
 
@@ -258,7 +259,7 @@ def test_shutdown_asks_the_holder_and_closes_idle_connections(
     assert app.holders[0].stopped and conn.state is State.BUSY
     conn.respond(200, b"{}")
     assert b"Connection: close\r\n" in transport.written and conn.state is State.CLOSED
-    idle = HttpConnection(app, LIMITS, clock)  # type: ignore[arg-type]
+    idle = HttpConnection(app, LIMITS, TimeoutWheel(clock))  # type: ignore[arg-type]
     idle_transport = RecordingTransport()
     idle.connection_made(idle_transport)  # type: ignore[arg-type]
     idle.shutdown()
@@ -374,7 +375,7 @@ def test_a_request_slower_than_the_request_timeout_gets_408(
     assert conn.state is State.READING
     clock.advance(9.9)
     assert conn.state is State.READING and transport.written == b""
-    clock.advance(0.2)
+    clock.advance(0.1 + 0.25)  # (timeouts fire up to a tick of the wheel late, never early)
     assert statuses(transport.written) == [408] and b'"request_timeout"' in transport.written
     assert b"Connection: close\r\n" in transport.written
     assert conn.state is State.CLOSED and transport.closed
@@ -398,34 +399,41 @@ def test_a_held_request_has_no_edge_timeout(conn: HttpConnection, transport: Rec
     assert conn.state is State.BUSY and not transport.closed
 
 
-def test_a_deadline_moved_later_rearms_its_one_handle_only_when_it_fires() -> None:
+def test_a_deadline_moved_later_is_filed_again_only_when_its_bucket_comes_due() -> None:
     clock, expired = Clock(), []
-    deadline = Deadline(clock, lambda: expired.append(clock.now))  # type: ignore[arg-type]
+    wheel = TimeoutWheel(clock)  # type: ignore[arg-type]
+    deadline = Deadline(wheel, lambda: expired.append(clock.now))
     deadline.set(10)
-    for _ in range(5):  # every request moves it: no new handle
+    for _ in range(5):  # every request moves it: filed once
         clock.now += 5
         deadline.set(10)
-    assert len(clock.timers) == 1
-    clock.advance(0)  # the first handle fired early (1010 < 1035): re-armed at the deadline
+    assert sum(len(bucket) for bucket in wheel.buckets.values()) == 1
+    clock.advance(0)  # its bucket came due early (1010 < 1035): filed again, at the deadline
+    assert sum(len(bucket) for bucket in wheel.buckets.values()) == 1
     clock.advance(9.9)
     assert expired == []
-    clock.advance(0.2)
-    assert len(expired) == 1 and len(clock.timers) == 0
+    clock.advance(0.2 + wheel.tick)  # (a wheel fires up to one tick late, never early)
+    assert len(expired) == 1 and expired[0] >= 1035 and not any(wheel.buckets.values())
 
 
-def test_a_deadline_moved_sooner_replaces_its_handle_and_a_cleared_one_never_expires() -> None:
+def test_a_deadline_moved_sooner_is_filed_sooner_and_a_cleared_or_stopped_one_never_expires() -> None:
     clock, expired = Clock(), []
-    deadline = Deadline(clock, lambda: expired.append(clock.now))  # type: ignore[arg-type]
+    wheel = TimeoutWheel(clock)  # type: ignore[arg-type]
+    deadline = Deadline(wheel, lambda: expired.append(clock.now))
     deadline.set(75)
     deadline.set(10)
-    assert [t.cancelled for t in clock.timers] == [True, False]
+    assert sum(len(bucket) for bucket in wheel.buckets.values()) == 1
+    clock.advance(10 + wheel.tick)
+    assert len(expired) == 1
+    deadline.set(5)
     deadline.clear()
     clock.advance(100)
-    assert expired == []
+    assert len(expired) == 1
     deadline.set(1)
     deadline.stop()
+    assert not any(wheel.buckets.values())
     clock.advance(100)
-    assert expired == [] and all(t.cancelled for t in clock.timers)
+    assert len(expired) == 1
 
 
 # -- errors
@@ -442,7 +450,7 @@ def test_malformed_bytes_get_400_and_a_closed_connection(conn: HttpConnection, t
 def test_limits_are_errors_with_their_status(app: App, clock: Clock) -> None:
     for request, status in ((get("/" + "a" * 100), 414), (get("/now", *[f"X-{i}: v" for i in range(101)]), 431)):
         transport = RecordingTransport()
-        conn = HttpConnection(app, LIMITS, clock)  # type: ignore[arg-type]
+        conn = HttpConnection(app, LIMITS, TimeoutWheel(clock))  # type: ignore[arg-type]
         conn.connection_made(transport)  # type: ignore[arg-type]
         conn.data_received(request)
         assert statuses(transport.written) == [status] and transport.closed

@@ -36,7 +36,7 @@ class Server:
         return self.hub.publish(channel, data, wall_clock_ms())
 
     def connect(self, request: bytes) -> Client:
-        client = Client(self, HttpConnection(self.app, self.app.limits, self.loop))
+        client = Client(self, HttpConnection(self.app, self.app.limits, self.app.timeouts))
         client.send(request)
         return client
 

@@ -1,58 +1,65 @@
-"""A connection's one timeout: a deadline moved on every request, on one loop timer."""
+"""A connection's one timeout: a deadline moved on every request, filed in a timeout wheel."""
 
 from __future__ import annotations
 
-import asyncio
+import math
 from collections.abc import Callable
+
+from tidings.web.wheel import TimeoutWheel
 
 
 class Deadline:
-    """Calls `expired` once the deadline set last has passed, unless it was cleared first.
+    """Calls `expired` once the deadline set last has passed (up to one tick of the wheel
+    later), unless it was cleared first.
 
     An HTTP connection moves its deadline on every request: the keep-alive timeout after an
-    answer, none while the application has the request. Moving it is a float store; the one
-    loop handle re-arms itself only when it fires before the deadline, and is replaced only
-    when a deadline comes sooner than it. Cancelling and re-creating the handle per request
-    instead costs ~3.2 us under uvloop against ~0.13 us for the stores (measured in a loop of
-    200k), on a ~8 us long-poll request.
+    answer, none while the application has the request. Moving it later is a float store: the
+    entry in the wheel is filed again only when its bucket comes due before the deadline, and
+    replaced only when a deadline comes sooner. A wheel entry rather than a loop timer handle:
+    cancelling and re-creating a handle per request cost ~3.2 us under uvloop (against ~0.13 us
+    for the stores, a loop of 200k), and a handle kept per connection holds ~600 bytes of an
+    idle connection's memory (the timer, libuv's and the bound method; tracemalloc), where a
+    wheel entry is a set slot.
     """
 
-    __slots__ = ("_expired", "_handle", "_loop", "at")
+    __slots__ = ("_expired", "_key", "_wheel", "at")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, expired: Callable[[], None]) -> None:
-        self._loop = loop
+    def __init__(self, wheel: TimeoutWheel, expired: Callable[[], None]) -> None:
+        self._wheel = wheel
         self._expired = expired
-        self._handle: asyncio.TimerHandle | None = None
+        self._key: int | None = None  # the wheel's bucket this is filed in
         self.at = 0.0  # loop time of the deadline; 0 when none applies
 
     def set(self, delay: float) -> None:
         """Expire `delay` seconds from now (replacing any deadline set before)."""
-        self.at = self._loop.time() + delay
-        handle = self._handle
-        if handle is not None and handle.when() > self.at:
-            handle.cancel()  # the new deadline comes sooner than the pending handle
-            handle = None
-        if handle is None:
-            self._handle = self._loop.call_at(self.at, self._fire)
+        wheel = self._wheel
+        self.at = wheel.loop.time() + delay
+        key = self._key
+        if key is not None:
+            if key <= math.ceil(self.at / wheel.tick):
+                return  # filed to come due no later than the deadline
+            wheel.remove(self, key)  # the new deadline comes sooner
+        self._key = wheel.add(self, delay)
 
     def clear(self) -> None:
-        """No deadline applies now; a pending handle fires later and finds nothing to do."""
+        """No deadline applies now; the entry comes due later and finds nothing to do."""
         self.at = 0.0
 
     def stop(self) -> None:
-        """For good (the connection is gone, or streams until it closes): a pending handle
-        would keep its owner alive, and its ~600 bytes, until it fires."""
+        """For good (the connection is gone, or streams until it closes): out of the wheel."""
         self.at = 0.0
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+        if self._key is not None:
+            self._wheel.remove(self, self._key)
+            self._key = None
 
-    def _fire(self) -> None:
-        self._handle = None
+    def expire(self) -> None:
+        """(The wheel's call: the bucket this was filed in came due.)"""
+        self._key = None
         if not self.at:
             return
-        if self.at > self._loop.time():  # moved later since the handle was made
-            self._handle = self._loop.call_at(self.at, self._fire)
+        remaining = self.at - self._wheel.loop.time()
+        if remaining > 0:  # moved later since it was filed
+            self._key = self._wheel.add(self, remaining)
             return
         self.at = 0.0
         self._expired()

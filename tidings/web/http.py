@@ -32,6 +32,7 @@ from tidings.web.h1 import (
     stream_end,
     stream_head,
 )
+from tidings.web.wheel import TimeoutWheel
 
 log = logging.getLogger("tidings.http")
 access_log = logging.getLogger("tidings.access")
@@ -315,14 +316,14 @@ class HttpConnection(asyncio.Protocol):
         "upgraded",
     )
 
-    def __init__(self, app: Application, limits: Limits, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, app: Application, limits: Limits, timers: TimeoutWheel) -> None:
         self.app = app
         self.limits = limits
         self.transport: asyncio.Transport | None = None
         self.peer = "-"  # the client's address
         self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)  # None once upgraded
         self.state = IDLE
-        self.deadline = Deadline(loop, self._timed_out)  # keep-alive in IDLE, the request timeout in READING
+        self.deadline = Deadline(timers, self._timed_out)  # keep-alive in IDLE, the request timeout in READING
         self.held: Held | None = None
         self.request: Request | None = None  # the one being answered
         self.pipeline: deque[Request] | None = None  # created when a client pipelines
@@ -691,7 +692,5 @@ class HttpConnection(asyncio.Protocol):
             self.close()
 
 
-def connection_factory(
-    app: Application, limits: Limits, loop: asyncio.AbstractEventLoop
-) -> Callable[[], HttpConnection]:
-    return lambda: HttpConnection(app, limits, loop)
+def connection_factory(app: Application, limits: Limits, timers: TimeoutWheel) -> Callable[[], HttpConnection]:
+    return lambda: HttpConnection(app, limits, timers)

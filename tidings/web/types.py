@@ -25,7 +25,7 @@ class Services(Protocol):
     hub: Hub  # joining and waiting (subscribers), and what a channel holds here
     stats: Stats
     batcher: TurnBatcher  # writes at the end of the loop turn
-    timeouts: TimeoutWheel  # held long-polls
+    timeouts: TimeoutWheel  # held long-polls, and every connection's deadline
     streams: StreamRegistry  # heartbeats and the unsent-bytes cap
     siblings: Siblings | None  # the other workers of --workers N (for /healthz, /metrics)
 

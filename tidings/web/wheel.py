@@ -1,4 +1,4 @@
-"""Long-poll timeouts in buckets of `tick` seconds.
+"""Timeouts in buckets of `tick` seconds: held long-polls' and connections' (`Deadline`).
 
 Thousands of held long-polls each need a timeout, and nearly all of them are answered by a
 message first. A timer handle per poll costs an allocation and a heap insert and removal
