@@ -38,7 +38,7 @@ async def measure(subscribers: int = 1000, rounds: int = 100, publishes: int = 2
     app = App(Settings(), MemoryBroker(hub), loop)
     conns = []
     for _ in range(subscribers):
-        conn = HttpConnection(app, app.limits, loop)
+        conn = HttpConnection(app, app.limits, app.timeouts)
         conn.connection_made(StubTransport())  # type: ignore[arg-type]
         conns.append(conn)
     cursor = str(hub.publish("ch", "warm-up", wall_clock_ms()).id)

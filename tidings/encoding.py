@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 # `json.dumps` given options builds a JSONEncoder, in Python, on every call; one built once
@@ -19,6 +20,14 @@ def _not_json(constant: str) -> Any:
     raise ValueError(f"{constant} is not JSON (RFC 8259 has no NaN or Infinity)")
 
 
-# Python's own reader takes NaN and Infinity, which it would then write out again: a browser's
-# JSON.parse refuses the frame. What clients and other programs send is read by this instead.
-decode_json = json.JSONDecoder(parse_constant=_not_json).decode
+def _finite(number: str) -> float:
+    value = float(number)
+    if not math.isfinite(value):  # (1e999: a number, but out of range for a double)
+        _not_json("Infinity")
+    return value
+
+
+# Python's own reader takes NaN and Infinity (and 1e999 as inf), which it would then write out
+# again: a browser's JSON.parse refuses the frame. What clients and other programs send is read
+# by this instead.
+decode_json = json.JSONDecoder(parse_constant=_not_json, parse_float=_finite).decode

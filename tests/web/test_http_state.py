@@ -279,7 +279,7 @@ def test_a_chunked_stream_then_its_end_closes_the_connection(
     assert head.endswith(b"\r\n\r\n5\r\nhello\r\n")
     assert conn.state is State.STREAMING and conn.chunked
     conn.write_stream(b"3\r\nabc\r\n")
-    conn.data_received(get("/now"))  # pipelined behind a stream: never answered
+    conn.data_received(get("/now"))  # behind a stream: not even read, never answered
     assert transport.take() == b"3\r\nabc\r\n"
     conn.end_stream(b"bye")
     assert transport.take() == b"3\r\nbye\r\n0\r\n\r\n"
@@ -375,7 +375,7 @@ def test_a_request_slower_than_the_request_timeout_gets_408(
     assert conn.state is State.READING
     clock.advance(9.9)
     assert conn.state is State.READING and transport.written == b""
-    clock.advance(0.1 + 0.25)  # (timeouts fire up to a tick of the wheel late, never early)
+    clock.advance(0.1 + 0.25)  # (timeouts fire late by a tick or two of the wheel, never early)
     assert statuses(transport.written) == [408] and b'"request_timeout"' in transport.written
     assert b"Connection: close\r\n" in transport.written
     assert conn.state is State.CLOSED and transport.closed
@@ -412,7 +412,7 @@ def test_a_deadline_moved_later_is_filed_again_only_when_its_bucket_comes_due() 
     assert sum(len(bucket) for bucket in wheel.buckets.values()) == 1
     clock.advance(9.9)
     assert expired == []
-    clock.advance(0.2 + wheel.tick)  # (a wheel fires up to one tick late, never early)
+    clock.advance(0.2 + wheel.tick)  # (a wheel fires late, never early)
     assert len(expired) == 1 and expired[0] >= 1035 and not any(wheel.buckets.values())
 
 

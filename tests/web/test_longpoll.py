@@ -168,9 +168,9 @@ def test_bad_input_is_a_400_with_a_json_error(http: httpx.Client, channel: str) 
     assert r.status_code == 400 and _error(r) == "invalid_channel"
     r = http.post(f"/pub/{channel}", content=b"{nope", headers={"Content-Type": "application/json"})
     assert r.status_code == 400 and _error(r) == "invalid_json"
-    for constant in (b"NaN", b'{"x": -Infinity}'):  # Python's reader takes them; JSON.parse would not
+    for constant in (b"NaN", b'{"x": -Infinity}', b"[1e999]"):  # Python's reader takes them; JSON.parse would not
         r = http.post(f"/pub/{channel}", content=constant, headers={"Content-Type": "application/json"})
-        assert r.status_code == 400 and _error(r) == "invalid_json" and "NaN" in r.json()["detail"]
+        assert r.status_code == 400 and _error(r) == "invalid_json" and "Infinity" in r.json()["detail"]
     r = http.post(f"/pub/{channel}", content=b"\xff\xfe", headers={"Content-Type": "text/plain"})
     assert r.status_code == 400 and _error(r) == "invalid_body"
     r = http.put(f"/pub/{channel}", json=1)

@@ -114,6 +114,8 @@ class App:
         if self.siblings is not None:
             self.siblings.stop()
         self.streams.stop()
+        # Held long-polls are answered below; connection deadlines (keep-alive, slow requests) stop
+        # firing too, which the drain does not need: it lasts --shutdown-grace, then all close.
         self.timeouts.stop()
         for conn in list(self.connections):
             conn.shutdown()

@@ -9,8 +9,8 @@ from tidings.web.wheel import TimeoutWheel
 
 
 class Deadline:
-    """Calls `expired` once the deadline set last has passed (up to one tick of the wheel
-    later), unless it was cleared first.
+    """Calls `expired` once the deadline set last has passed (up to two ticks of the wheel,
+    0.5 s, later: its bucket, then the wheel's next turn), unless it was cleared first.
 
     An HTTP connection moves its deadline on every request: the keep-alive timeout after an
     answer, none while the application has the request. Moving it later is a float store: the

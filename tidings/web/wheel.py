@@ -3,7 +3,8 @@
 Thousands of held long-polls each need a timeout, and nearly all of them are answered by a
 message first. A timer handle per poll costs an allocation and a heap insert and removal
 (~7 us at 30k live on uvloop); here adding and removing is a set operation, and one timer
-per tick expires whole buckets. A timeout fires up to one tick late."""
+per tick expires whole buckets. A timeout fires up to two ticks late (rounded up to its
+bucket, then the next turn of the wheel's timer), never early."""
 
 from __future__ import annotations
 
