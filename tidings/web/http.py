@@ -361,7 +361,7 @@ class HttpConnection(asyncio.Protocol):
                 self._fail(HttpError(400, "bad_request", "too much sent before the upgrade was answered", True))
             return
         parser = self.parser
-        if parser is None:  # streaming: see `start_stream`
+        if parser is None:  # see `_done_with_http`
             return
         try:
             parser.feed_data(data)
@@ -594,15 +594,19 @@ class HttpConnection(asyncio.Protocol):
         self.transport.write(handshake)
         self.upgraded = upgraded
         self.held = upgraded
-        # The bytes are the upgraded protocol's from now on: what only HTTP needed goes
-        # (~1 KB of a WebSocket's idle memory: the parser, the request's headers, and the
-        # deadline's place in the timeout wheel).
-        self.parser = None
-        self._headers = []  # (the handshake's, which the application may keep a part of)
-        self.deadline.stop()
+        self._done_with_http()  # the bytes are the upgraded protocol's from now on
         early, self.early = self.early, None
         if early:
             upgraded.receive(bytes(early))
+
+    def _done_with_http(self) -> None:
+        """Upgraded or streaming, a connection reads no more requests (what a client sends behind
+        a stream would never be answered) and no timeout applies again: the parser (~0.9 KB, a
+        bound method per callback), the last request's header list and the deadline's place in
+        the wheel go, out of every idle stream's and WebSocket's memory."""
+        self.parser = None
+        self._headers = []
+        self.deadline.stop()
 
     def send_raw(self, data: bytes) -> None:
         """Write bytes of the upgraded protocol (UPGRADED or STREAMING); dropped once CLOSED."""
@@ -615,11 +619,7 @@ class HttpConnection(asyncio.Protocol):
         self.state = next_state(self.state, STREAM_BEGINS)
         if self.state is CLOSED or self.transport is None or self.request is None:
             return
-        # A stream ends with its connection: no timeout applies again, and what the client sends
-        # behind it would never be answered, so it is not read (the parser is ~0.9 KB of an
-        # idle stream's memory).
-        self.deadline.stop()
-        self.parser = None
+        self._done_with_http()  # a stream ends with its connection
         if self.limits.access_log:
             self._log_access(101 if self.upgraded is not None else 200, 0)
         if self.upgraded is not None:  # the handshake was the head; frames are the stream
